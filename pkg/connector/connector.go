@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Fields maps a field name to its JSON value. Values stay encoded until a
@@ -28,10 +29,8 @@ func ExternalID(sourceID int64) string { return fmt.Sprintf("%d", sourceID) }
 // Record is one position of the source: an item, or an entry that could
 // not be read (a malformed line), which goes to failed.jsonl.
 type Record struct {
-	// Index is the record's 0-based position in the source's stable order.
-	Index int64
-	// Line is the 1-based line number for line-oriented sources, else 0.
-	Line int64
+	// Pos is where the record starts: Read(ctx, Pos, 1) reads it again.
+	Pos  Cursor
 	Item Item
 	// Err is set when the record could not be decoded. Item.ID is then
 	// whatever could be recovered (0 if nothing).
@@ -47,6 +46,9 @@ type Record struct {
 type Cursor struct {
 	Index  int64 `json:"index"`
 	Offset int64 `json:"offset,omitempty"`
+	// Line is the number of lines before this position, for
+	// line-oriented sources, so that failures can name a line.
+	Line int64 `json:"line,omitempty"`
 }
 
 // Source streams records in a stable order.
@@ -71,6 +73,18 @@ type TargetItem struct {
 // a file, the highest item id for an API with increasing ids. Everything
 // written after a Mark is returned by Scan(ctx, mark, ...).
 type Mark int64
+
+// ItemGetter is implemented by sources that can fetch one item by its id,
+// which --retry-failed prefers to re-reading a position.
+type ItemGetter interface {
+	GetItem(ctx context.Context, id int64) (Item, error)
+}
+
+// RateLimited is implemented by connectors behind a rate limit, so that
+// the job's status can say "rate limited until T".
+type RateLimited interface {
+	RateLimitedUntil() time.Time
+}
 
 // Target is where items go. Writes must be safe for concurrent use.
 type Target interface {
