@@ -24,8 +24,8 @@ type Memory struct {
 	// RPCTimeout bounds Stats and GC calls; a runner that misses it is hung.
 	RPCTimeout Duration `json:"rpc_timeout"`
 	// DrainTimeout bounds a graceful drain.
-	DrainTimeout   Duration      `json:"drain_timeout"`
-	RestartBudget  RestartBudget `json:"restart_budget"`
+	DrainTimeout  Duration      `json:"drain_timeout"`
+	RestartBudget RestartBudget `json:"restart_budget"`
 	// CacheMaxEntries bounds the match-value cache; 0 is unbounded.
 	CacheMaxEntries int `json:"cache_max_entries"`
 }
