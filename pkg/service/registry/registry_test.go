@@ -1,0 +1,157 @@
+package registry_test
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/memvisor/memvisor/pkg/service/registry"
+)
+
+func open(t *testing.T, path string) *registry.DB {
+	t.Helper()
+	db, err := registry.Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestSurvivesReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "registry.db")
+	db, err := registry.Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := registry.Record{ID: "a", Pair: "p", Status: registry.StatusRunning, Spec: []byte(`{"id":"a"}`)}
+	if err := db.Create(&rec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Update("a", func(r *registry.Record) error { r.Counts.Processed = 42; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db = open(t, path)
+	got, err := db.Get("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != registry.StatusRunning || got.Counts.Processed != 42 || string(got.Spec) != `{"id":"a"}` {
+		t.Errorf("got %+v after reopen", got)
+	}
+}
+
+func TestSecondOpenIsLocked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "registry.db")
+	open(t, path)
+	_, err := registry.Open(path, 100*time.Millisecond)
+	if !errors.Is(err, registry.ErrLocked) {
+		t.Fatalf("second open: got %v, want ErrLocked", err)
+	}
+}
+
+func TestCreateConflicts(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "r.db"))
+	mk := func(id, pair string, st registry.Status) error {
+		return db.Create(&registry.Record{ID: id, Pair: pair, Status: st})
+	}
+	if err := mk("a", "src>dst", registry.StatusQueued); err != nil {
+		t.Fatal(err)
+	}
+	if err := mk("a", "other", registry.StatusQueued); !errors.Is(err, registry.ErrExists) {
+		t.Errorf("same id: got %v, want ErrExists", err)
+	}
+	err := mk("b", "src>dst", registry.StatusQueued)
+	var ce *registry.ConflictError
+	if !errors.As(err, &ce) || ce.ID != "a" || !errors.Is(err, registry.ErrActivePair) {
+		t.Errorf("same pair while active: got %v, want a ConflictError naming a", err)
+	}
+	if _, err := db.Update("a", func(r *registry.Record) error { r.Status = registry.StatusCompleted; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := mk("b", "src>dst", registry.StatusQueued); err != nil {
+		t.Errorf("same pair after the first finished: %v", err)
+	}
+}
+
+func TestCreateRaceHasOneWinner(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "r.db"))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if db.Create(&registry.Record{ID: fmt.Sprint("j", i), Pair: "same", Status: registry.StatusQueued}) == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Errorf("got %d winners for one pair, want 1", wins)
+	}
+}
+
+func TestListPagesAndFilters(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "r.db"))
+	for i := range 7 {
+		st := registry.StatusCompleted
+		if i%2 == 0 {
+			st = registry.StatusQueued
+		}
+		if err := db.Create(&registry.Record{ID: fmt.Sprintf("j%d", i), Status: st}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Delete("j3"); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	opt := registry.ListOptions{Limit: 2}
+	for range 10 {
+		p, err := db.List(opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range p.Jobs {
+			ids = append(ids, r.ID)
+		}
+		if p.NextCursor == "" {
+			break
+		}
+		opt.Cursor = p.NextCursor
+	}
+	if got, want := fmt.Sprint(ids), "[j0 j1 j2 j4 j5 j6]"; got != want {
+		t.Errorf("pages: got %s, want %s", got, want)
+	}
+	queued, err := db.All(registry.StatusQueued)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(queued) != 4 || queued[0].ID != "j0" || queued[3].ID != "j6" {
+		t.Errorf("queued: got %+v", queued)
+	}
+	if _, err := db.List(registry.ListOptions{Cursor: "x"}); !errors.Is(err, registry.ErrBadCursor) {
+		t.Errorf("bad cursor: got %v", err)
+	}
+	if err := db.Delete("j3"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("delete twice: got %v", err)
+	}
+	n, err := db.Count()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n[registry.StatusQueued] != 4 || n[registry.StatusCompleted] != 2 {
+		t.Errorf("count: got %v", n)
+	}
+}
