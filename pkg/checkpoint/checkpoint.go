@@ -1,0 +1,184 @@
+// Package checkpoint stores a job's progress durably: after every batch the
+// runner commits where it is in the source, where the target's durable
+// writes end, how long failed.jsonl is, and its counters.
+//
+// A commit writes checkpoint.json through a temporary file, fsync, rename
+// and an fsync of the directory, so a crash leaves the old checkpoint or
+// the new one. The file carries a SHA-256 of its body: a torn, truncated or
+// edited checkpoint is reported as ErrCorrupt, naming the file, and is never
+// taken for "no checkpoint, start from zero".
+package checkpoint
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/memvisor/memvisor/internal/atomicfile"
+	"github.com/memvisor/memvisor/pkg/connector"
+)
+
+// FileName is the checkpoint's name in the job's state directory.
+const FileName = "checkpoint.json"
+
+const (
+	format  = "memvisor-checkpoint"
+	version = 1
+)
+
+// Errors.
+var (
+	// ErrNotExist means the job has no checkpoint: it never committed a
+	// batch.
+	ErrNotExist = errors.New("no checkpoint")
+	// ErrCorrupt means the checkpoint exists but cannot be trusted.
+	ErrCorrupt = errors.New("checkpoint is corrupt")
+)
+
+// CorruptError says which file is corrupt and why.
+type CorruptError struct {
+	Path   string
+	Reason string
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("checkpoint %s is corrupt (%s); the job will not guess where to resume: "+
+		"restore the file from a backup, or run again with --reset-checkpoint to move it aside and "+
+		"start over from the first item (items already in the target are found and skipped)", e.Path, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrCorrupt) true.
+func (e *CorruptError) Unwrap() error { return ErrCorrupt }
+
+// Counters count items processed by the job so far.
+type Counters struct {
+	Processed  int64            `json:"processed"`
+	Created    int64            `json:"created"`
+	Updated    int64            `json:"updated"`
+	Skipped    int64            `json:"skipped"`
+	Failed     int64            `json:"failed"`
+	ByCategory map[string]int64 `json:"by_category,omitempty"`
+}
+
+// Snapshot names a cache snapshot and the target position it reflects.
+type Snapshot struct {
+	File    string         `json:"file"`
+	Target  connector.Mark `json:"target"`
+	Entries int64          `json:"entries"`
+}
+
+// Checkpoint is one commit.
+type Checkpoint struct {
+	JobID string `json:"job_id"`
+	// SpecHash identifies the source, target, match and mode the job
+	// started with; a resume with different ones is refused.
+	SpecHash string `json:"spec_hash"`
+	// Seq counts committed batches.
+	Seq    int64            `json:"seq"`
+	Source connector.Cursor `json:"source"`
+	// Target is the target's Mark after the batch's writes were synced.
+	Target connector.Mark `json:"target"`
+	// FailedBytes is the size of failed.jsonl at the commit.
+	FailedBytes int64     `json:"failed_bytes"`
+	Counters    Counters  `json:"counters"`
+	Snapshot    *Snapshot `json:"snapshot,omitempty"`
+	// Done is set by the last commit of a job that read its whole source.
+	Done bool      `json:"done"`
+	Time time.Time `json:"time"`
+}
+
+type envelope struct {
+	Format  string          `json:"format"`
+	Version int             `json:"version"`
+	SHA256  string          `json:"sha256"`
+	Body    json.RawMessage `json:"body"`
+}
+
+// Path returns the checkpoint's path in dir.
+func Path(dir string) string { return filepath.Join(dir, FileName) }
+
+// Save commits cp durably to dir.
+func Save(dir string, cp Checkpoint) error {
+	body, err := json.Marshal(cp)
+	if err != nil {
+		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	sum := sha256.Sum256(body)
+	data, err := json.MarshalIndent(envelope{Format: format, Version: version, SHA256: hex.EncodeToString(sum[:]), Body: body}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	data = append(data, '\n')
+	if err := atomicfile.WriteBytes(Path(dir), 0o644, data); err != nil {
+		return fmt.Errorf("commit checkpoint: %w", err)
+	}
+	return nil
+}
+
+// Load reads the checkpoint in dir. It returns ErrNotExist when there is
+// none, and a *CorruptError when there is one that cannot be trusted.
+func Load(dir string) (Checkpoint, error) {
+	path := Path(dir)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Checkpoint{}, ErrNotExist
+	}
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("read checkpoint: %w", err)
+	}
+	return Decode(path, data)
+}
+
+// Decode checks and decodes a checkpoint file's bytes. path is for errors.
+func Decode(path string, data []byte) (Checkpoint, error) {
+	corrupt := func(format string, args ...any) (Checkpoint, error) {
+		return Checkpoint{}, &CorruptError{Path: path, Reason: fmt.Sprintf(format, args...)}
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return corrupt("the file is empty")
+	}
+	var env envelope
+	if err := json.Unmarshal(data, &env); err != nil {
+		return corrupt("not valid JSON, probably torn or truncated: %v", err)
+	}
+	if env.Format != format {
+		return corrupt("not a memvisor checkpoint (format %q)", env.Format)
+	}
+	if env.Version != version {
+		return corrupt("unsupported version %d (this build reads version %d)", env.Version, version)
+	}
+	sum := sha256.Sum256(env.Body)
+	if hex.EncodeToString(sum[:]) != env.SHA256 {
+		return corrupt("checksum mismatch: the body was changed or damaged")
+	}
+	var cp Checkpoint
+	dec := json.NewDecoder(bytes.NewReader(env.Body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cp); err != nil {
+		return corrupt("bad body: %v", err)
+	}
+	if cp.Seq < 0 || cp.Source.Index < 0 || cp.Target < 0 || cp.FailedBytes < 0 {
+		return corrupt("negative position")
+	}
+	return cp, nil
+}
+
+// MoveAside renames a checkpoint out of the way, for --reset-checkpoint,
+// and returns its new name.
+func MoveAside(dir string, now time.Time) (string, error) {
+	to := Path(dir) + ".reset-" + now.UTC().Format("20060102T150405Z")
+	if err := os.Rename(Path(dir), to); err != nil {
+		return "", fmt.Errorf("move checkpoint aside: %w", err)
+	}
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return "", err
+	}
+	return to, nil
+}
