@@ -1,0 +1,600 @@
+package batcher
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/memvisor/memvisor/internal/memstat"
+	"github.com/memvisor/memvisor/pkg/checkpoint"
+	"github.com/memvisor/memvisor/pkg/connector"
+	"github.com/memvisor/memvisor/pkg/faillog"
+	"github.com/memvisor/memvisor/pkg/job"
+	"github.com/memvisor/memvisor/pkg/slimcache"
+)
+
+// Errors.
+var (
+	// ErrHasCheckpoint refuses a fresh start of a job that already
+	// committed batches: that needs Resume.
+	ErrHasCheckpoint = errors.New("the job has a checkpoint")
+	// ErrSpecChanged refuses a resume whose source, target, match or mode
+	// differ from the ones the checkpoint was made with.
+	ErrSpecChanged = errors.New("the job changed since its checkpoint")
+	// ErrNoFinder means a bounded cache was asked for with a target that
+	// cannot look items up by value.
+	ErrNoFinder = errors.New("target cannot look items up by match value")
+)
+
+// Status says how Run ended.
+type Status string
+
+// The end states of Run.
+const (
+	StatusCompleted Status = "completed"
+	// StatusDrained: stopped on request after a commit, with a snapshot;
+	// a resume continues.
+	StatusDrained Status = "drained"
+	// StatusCancelled: stopped for good after a commit.
+	StatusCancelled Status = "cancelled"
+)
+
+// Options configure a Batcher.
+type Options struct {
+	Spec   job.Spec
+	Source connector.Source
+	Target connector.Target
+	// Dir is the job's state directory; it must exist.
+	Dir    string
+	Logger zerolog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Resume continues from the checkpoint if there is one. Without it,
+	// a job with a checkpoint is refused with ErrHasCheckpoint.
+	Resume bool
+	// RetryFailed processes failed.jsonl again instead of the source.
+	RetryFailed bool
+	// BeforeItem is called with each record's source index before it is
+	// processed. Fault injection uses it; it may block or panic.
+	BeforeItem func(index int64)
+	// BeforeGC is called before every collection the batcher forces.
+	BeforeGC func()
+	// AfterCommit is called after every committed batch.
+	AfterCommit func(checkpoint.Checkpoint)
+	// Limit is the memory budget for the GC hygiene rules; 0 turns the
+	// percentage rules off.
+	Limit int64
+}
+
+// Progress is a snapshot of the counters.
+type Progress struct {
+	checkpoint.Counters
+	Total      int64
+	TotalKnown bool
+	Batches    int64
+	Offset     int64
+	Phase      string
+}
+
+// Batcher runs one job's pipeline. Run it once.
+type Batcher struct {
+	o   Options
+	log zerolog.Logger
+	now func() time.Time
+
+	stopMu sync.Mutex
+	stop   Status // "" while running; drained or cancelled once asked
+
+	mu       sync.Mutex // guards the fields below and the caches
+	prog     Progress
+	cache    *slimcache.Cache
+	emptyExt *slimcache.Cache // external ids of target items without a match value
+	// recovered holds the creates a killed runner made after its last
+	// checkpoint, by external id, so the redone batch does not repeat them.
+	recovered map[string]int64
+
+	finder  connector.MatchFinder
+	fails   *faillog.Writer
+	cp      checkpoint.Checkpoint
+	dry     *dryRun
+	dryNext int64
+}
+
+// New checks the options and returns a Batcher.
+func New(o Options) (*Batcher, error) {
+	if o.Source == nil || o.Target == nil {
+		return nil, errors.New("new batcher: source and target are required")
+	}
+	if o.Dir == "" {
+		return nil, errors.New("new batcher: state directory is required")
+	}
+	b := &Batcher{o: o, log: o.Logger, now: o.Now}
+	if b.now == nil {
+		b.now = time.Now
+	}
+	if o.Spec.Memory.CacheMaxEntries > 0 {
+		f, ok := o.Target.(connector.MatchFinder)
+		if !ok {
+			return nil, fmt.Errorf("memory.cache_max_entries: %w; set it to 0 for this target", ErrNoFinder)
+		}
+		b.finder = f
+	}
+	return b, nil
+}
+
+// Drain asks Run to stop after the batch in flight, commit, and write a
+// cache snapshot, so a new runner resumes quickly.
+func (b *Batcher) Drain() { b.setStop(StatusDrained) }
+
+// Cancel asks Run to stop for good after the batch in flight.
+func (b *Batcher) Cancel() { b.setStop(StatusCancelled) }
+
+func (b *Batcher) setStop(s Status) {
+	b.stopMu.Lock()
+	defer b.stopMu.Unlock()
+	if b.stop == "" || s == StatusCancelled {
+		b.stop = s
+	}
+}
+
+func (b *Batcher) stopRequested() Status {
+	b.stopMu.Lock()
+	defer b.stopMu.Unlock()
+	return b.stop
+}
+
+// Progress returns the current counters.
+func (b *Batcher) Progress() Progress {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	p := b.prog
+	p.ByCategory = cloneCounts(p.ByCategory)
+	return p
+}
+
+// CacheStats returns the match cache's entries and estimated bytes.
+func (b *Batcher) CacheStats() (entries, bytes int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cache == nil {
+		return 0, 0
+	}
+	entries = int64(b.cache.Len())
+	bytes = b.cache.EstimatedBytes()
+	if b.emptyExt != nil {
+		entries += int64(b.emptyExt.Len())
+		bytes += b.emptyExt.EstimatedBytes()
+	}
+	return entries, bytes
+}
+
+// RateLimitedUntil reports when the source's or target's rate limit lifts,
+// or the zero time when neither is limited.
+func (b *Batcher) RateLimitedUntil() time.Time {
+	var t time.Time
+	for _, c := range []any{b.o.Source, b.o.Target} {
+		if rl, ok := c.(connector.RateLimited); ok {
+			if u := rl.RateLimitedUntil(); u.After(t) {
+				t = u
+			}
+		}
+	}
+	return t
+}
+
+func (b *Batcher) setPhase(p string) {
+	b.mu.Lock()
+	b.prog.Phase = p
+	b.mu.Unlock()
+}
+
+// Result is how Run ended.
+type Result struct {
+	Status     Status
+	Checkpoint checkpoint.Checkpoint
+	// AlreadyDone is set when the job had finished before this run.
+	AlreadyDone bool
+}
+
+// Run runs the job until the source is exhausted (or max_items reached),
+// a stop is requested, or ctx is cancelled. A cancelled ctx aborts the
+// batch in flight without committing it; the next run redoes it.
+func (b *Batcher) Run(ctx context.Context) (Result, error) {
+	if b.o.Spec.DryRun {
+		return b.runDry(ctx)
+	}
+	cp, err := b.loadCheckpoint()
+	if err != nil {
+		return Result{}, err
+	}
+	b.cp = cp
+	b.prog.Counters = cp.Counters
+	b.prog.Counters.ByCategory = cloneCounts(cp.Counters.ByCategory)
+	b.prog.Batches = cp.Seq
+	b.prog.Offset = cp.Source.Index
+	b.setTotal(ctx)
+
+	if cp.Done && !b.o.RetryFailed {
+		b.log.Info().Str("job", b.o.Spec.ID).Int64("processed", cp.Counters.Processed).
+			Msg("job already completed; nothing to do, the target is unchanged")
+		return Result{Status: StatusCompleted, Checkpoint: cp, AlreadyDone: true}, nil
+	}
+
+	b.logMemory("migration_start")
+	if err := b.buildCache(ctx, cp); err != nil {
+		return Result{}, err
+	}
+	fails, err := faillog.Open(filepath.Join(b.o.Dir, FailedFile), cp.FailedBytes)
+	if err != nil {
+		return Result{}, err
+	}
+	defer fails.Close()
+	b.fails = fails
+
+	if b.o.RetryFailed {
+		return b.retryFailed(ctx)
+	}
+	return b.loop(ctx)
+}
+
+// FailedFile is failed.jsonl's name in the job's state directory.
+const FailedFile = "failed.jsonl"
+
+func (b *Batcher) loadCheckpoint() (checkpoint.Checkpoint, error) {
+	hash := SpecHash(b.o.Spec)
+	cp, err := checkpoint.Load(b.o.Dir)
+	switch {
+	case errors.Is(err, checkpoint.ErrNotExist):
+		return checkpoint.Checkpoint{JobID: b.o.Spec.ID, SpecHash: hash, FailedBytes: 0}, nil
+	case err != nil:
+		return checkpoint.Checkpoint{}, err
+	}
+	if !b.o.Resume {
+		return checkpoint.Checkpoint{}, fmt.Errorf("start job %s: %w (%d batches committed, at source item %d); resume it, or remove %s to start over",
+			b.o.Spec.ID, ErrHasCheckpoint, cp.Seq, cp.Source.Index, b.o.Dir)
+	}
+	if cp.SpecHash != hash {
+		return checkpoint.Checkpoint{}, fmt.Errorf("resume job %s: %w: source, target, match, mode or field mapping differ from the checkpoint's; use a new job id for a different migration",
+			b.o.Spec.ID, ErrSpecChanged)
+	}
+	b.log.Info().Str("job", b.o.Spec.ID).Int64("seq", cp.Seq).Int64("offset", cp.Source.Index).
+		Bool("done", cp.Done).Msg("resuming from checkpoint")
+	return cp, nil
+}
+
+// SpecHash identifies what a job migrates: a resume must not change it.
+func SpecHash(s job.Spec) string {
+	v := struct {
+		Source, Target job.Endpoint
+		Match          job.Match
+		Mode           job.Mode
+		OnDuplicate    job.OnDuplicate
+		FieldMapping   map[string]string
+		MaxItems       int64
+	}{s.Source, s.Target, s.Match, s.Mode, s.OnDuplicate, s.FieldMapping, s.MaxItems}
+	data, _ := json.Marshal(v)
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:8])
+}
+
+func (b *Batcher) setTotal(ctx context.Context) {
+	n, ok, err := b.o.Source.Total(ctx)
+	if err != nil {
+		b.log.Warn().Err(err).Msg("count source items; progress will have no total")
+		return
+	}
+	if max := b.o.Spec.MaxItems; max > 0 && (!ok || n > max) {
+		n, ok = max, true
+	}
+	b.mu.Lock()
+	b.prog.Total, b.prog.TotalKnown = n, ok
+	b.mu.Unlock()
+}
+
+func (b *Batcher) cacheOptions(hint int) slimcache.Options {
+	return slimcache.Options{
+		// The cache is rebuilt from the target at every start and every
+		// write goes through it, so entries do not go stale during a job.
+		TTL:             -1,
+		MaxEntries:      b.o.Spec.Memory.CacheMaxEntries,
+		ExpectedEntries: hint,
+		Now:             b.now,
+	}
+}
+
+// buildCache fills the match cache from a snapshot plus the target writes
+// made after it, or else by prefetching the whole target. It also finds
+// the creates made after the checkpoint by a runner that was killed.
+func (b *Batcher) buildCache(ctx context.Context, cp checkpoint.Checkpoint) error {
+	b.setPhase("prefetch")
+	start := b.now()
+	var since connector.Mark
+	restored := false
+	if s := cp.Snapshot; s != nil {
+		c, ext, err := b.loadSnapshot(s)
+		if err != nil {
+			b.log.Warn().Err(err).Str("snapshot", s.File).Msg("cache snapshot unusable; prefetching the target instead")
+		} else {
+			b.cache, b.emptyExt, since, restored = c, ext, s.Target, true
+		}
+	}
+	if !restored {
+		b.cache = slimcache.New(b.cacheOptions(int(cp.Counters.Created)))
+		b.emptyExt = slimcache.New(b.cacheOptions(0))
+	}
+	var seen int64
+	_, err := b.o.Target.Scan(ctx, since, func(it connector.TargetItem) error {
+		seen++
+		b.addTargetItem(it)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("prefetch target: %w", err)
+	}
+	b.recovered = map[string]int64{}
+	if cp.Seq > 0 || cp.Target > 0 {
+		if _, err := b.o.Target.Scan(ctx, cp.Target, func(it connector.TargetItem) error {
+			if it.ExternalID != "" {
+				b.recovered[it.ExternalID] = it.ID
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("read target writes after the checkpoint: %w", err)
+		}
+		if len(b.recovered) > 0 {
+			b.log.Info().Int("items", len(b.recovered)).
+				Msg("found creates made after the last checkpoint by an interrupted runner; they will not be repeated")
+		}
+	}
+	est := b.cache.EstimatedBytes() + b.emptyExt.EstimatedBytes()
+	ev := b.log.Info().Int("totalCached", b.cache.Len()+b.emptyExt.Len()).
+		Float64("estimatedMemoryMB", float64(est*10>>20)/10).
+		Dur("took", b.now().Sub(start))
+	if restored {
+		ev.Int64("replayed", seen).Msg("Cache restored from snapshot")
+	} else {
+		ev.Msg("Pre-fetch complete")
+	}
+	if est > 100<<20 {
+		b.collect("prefetch")
+	}
+	return nil
+}
+
+func (b *Batcher) addTargetItem(it connector.TargetItem) {
+	key := ""
+	if tf := b.o.Spec.Match.TargetField; tf != "" {
+		key, _ = slimcache.NormalizeJSON(it.Fields[tf])
+	} else if sf := b.o.Spec.Match.SourceField; sf != "" {
+		key, _ = slimcache.NormalizeJSON(it.Fields[b.o.Spec.TargetField(sf)])
+	}
+	if key != "" {
+		b.cache.Put(key, it.ID)
+		return
+	}
+	if it.ExternalID != "" {
+		b.emptyExt.Put(it.ExternalID, it.ID)
+	}
+}
+
+func snapshotNames(dir string, seq int64) (string, string) {
+	base := fmt.Sprintf("cache-%08d", seq)
+	return filepath.Join(dir, base+".snap"), filepath.Join(dir, base+".ext.snap")
+}
+
+func (b *Batcher) loadSnapshot(s *checkpoint.Snapshot) (*slimcache.Cache, *slimcache.Cache, error) {
+	main := filepath.Join(b.o.Dir, s.File)
+	ext := main[:len(main)-len(".snap")] + ".ext.snap"
+	c, err := slimcache.LoadFile(main, b.cacheOptions(0))
+	if err != nil {
+		return nil, nil, err
+	}
+	e, err := slimcache.LoadFile(ext, b.cacheOptions(0))
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, e, nil
+}
+
+// loop runs batches from the checkpoint's cursor.
+func (b *Batcher) loop(ctx context.Context) (Result, error) {
+	b.setPhase("running")
+	cur := b.cp.Source
+	limit := b.o.Spec.MaxItems
+	for {
+		if s := b.stopRequested(); s != "" {
+			return b.stopWith(s)
+		}
+		n := b.o.Spec.BatchSize
+		if limit > 0 {
+			n = int(min(int64(n), limit-cur.Index))
+		}
+		if n <= 0 {
+			return b.finish(cur)
+		}
+		recs, next, err := b.o.Source.Read(ctx, cur, n)
+		if errors.Is(err, io.EOF) && len(recs) == 0 {
+			return b.finish(cur)
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return Result{}, fmt.Errorf("read source at item %d: %w", cur.Index, err)
+		}
+		if err := b.processBatch(ctx, recs); err != nil {
+			return Result{}, err
+		}
+		if err := b.commit(ctx, next, false, nil); err != nil {
+			return Result{}, err
+		}
+		cur = next
+	}
+}
+
+func (b *Batcher) finish(cur connector.Cursor) (Result, error) {
+	if err := b.commit(context.Background(), cur, true, nil); err != nil {
+		return Result{}, err
+	}
+	b.setPhase("completed")
+	p := b.Progress()
+	b.logMemory("migration_end")
+	b.log.Info().Int64("processed", p.Processed).Int64("created", p.Created).Int64("updated", p.Updated).
+		Int64("skipped", p.Skipped).Int64("failed", p.Failed).Msg("job completed")
+	return Result{Status: StatusCompleted, Checkpoint: b.cp}, nil
+}
+
+// stopWith commits a snapshot (for a drain) and returns.
+func (b *Batcher) stopWith(s Status) (Result, error) {
+	var snap *checkpoint.Snapshot
+	if s == StatusDrained {
+		var err error
+		if snap, err = b.writeSnapshot(); err != nil {
+			// The checkpoint is still good without a snapshot; the next
+			// runner prefetches instead.
+			b.log.Warn().Err(err).Msg("write cache snapshot")
+		}
+	}
+	if err := b.commit(context.Background(), b.cp.Source, false, snap); err != nil {
+		return Result{}, err
+	}
+	b.setPhase(string(s))
+	b.log.Info().Str("status", string(s)).Int64("seq", b.cp.Seq).Int64("offset", b.cp.Source.Index).Msg("job stopped after committing")
+	return Result{Status: s, Checkpoint: b.cp}, nil
+}
+
+func (b *Batcher) writeSnapshot() (*checkpoint.Snapshot, error) {
+	mark, err := b.o.Target.Sync(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	main, ext := snapshotNames(b.o.Dir, b.cp.Seq)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.cache.SaveFile(main); err != nil {
+		return nil, err
+	}
+	if err := b.emptyExt.SaveFile(ext); err != nil {
+		return nil, err
+	}
+	return &checkpoint.Snapshot{File: filepath.Base(main), Target: mark, Entries: int64(b.cache.Len())}, nil
+}
+
+// commit makes the batch durable: target writes, failures, then the
+// checkpoint. Only then may the next batch start.
+func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, snap *checkpoint.Snapshot) error {
+	mark, err := b.o.Target.Sync(ctx)
+	if err != nil {
+		return fmt.Errorf("sync target before checkpoint: %w", err)
+	}
+	fsize, err := b.fails.Sync()
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	cp := b.cp
+	if next != cp.Source || done || cp.Seq == 0 {
+		// A commit that moves nothing (a drain right after a batch) keeps
+		// its number: Seq growing means progress.
+		cp.Seq++
+	}
+	cp.Source = next
+	cp.Target = mark
+	cp.FailedBytes = fsize
+	cp.Counters = b.prog.Counters
+	cp.Counters.ByCategory = cloneCounts(b.prog.ByCategory)
+	cp.Done = done
+	cp.Time = b.now().UTC()
+	if snap != nil {
+		// Otherwise an older snapshot stays valid: the writes after its
+		// mark are replayed from the target.
+		cp.Snapshot = snap
+	}
+	b.mu.Unlock()
+	if err := checkpoint.Save(b.o.Dir, cp); err != nil {
+		return err
+	}
+	old := b.cp.Snapshot
+	b.mu.Lock()
+	b.cp = cp
+	b.prog.Batches = cp.Seq
+	b.prog.Offset = cp.Source.Index
+	b.mu.Unlock()
+	if old != nil && (cp.Snapshot == nil || old.File != cp.Snapshot.File) {
+		b.removeSnapshot(old.File)
+	}
+	if b.o.AfterCommit != nil {
+		b.o.AfterCommit(cp)
+	}
+	if cp.Seq%10 == 0 {
+		b.gcHygiene()
+	}
+	return nil
+}
+
+func (b *Batcher) removeSnapshot(file string) {
+	main := filepath.Join(b.o.Dir, file)
+	os.Remove(main)
+	os.Remove(main[:len(main)-len(".snap")] + ".ext.snap")
+}
+
+// gcHygiene follows the original tool: every 10 batches, GC when the heap
+// is above gc_percent of the budget.
+func (b *Batcher) gcHygiene() {
+	if b.o.Limit <= 0 {
+		return
+	}
+	m := memstat.Read()
+	pct := float64(m.HeapObjectsBytes) * 100 / float64(b.o.Limit)
+	if pct > b.o.Spec.Memory.GCPercent {
+		b.collect(fmt.Sprintf("heap at %.0f%% of the budget", pct))
+	}
+}
+
+func (b *Batcher) collect(reason string) {
+	if b.o.BeforeGC != nil {
+		b.o.BeforeGC()
+	}
+	before := memstat.Read()
+	runtime.GC()
+	debug.FreeOSMemory()
+	after := memstat.Read()
+	b.log.Info().Str("context", "gc").Str("reason", reason).
+		Float64("heapBeforeMB", memstat.MB(before.HeapObjectsBytes)).
+		Float64("heapUsedMB", memstat.MB(after.HeapObjectsBytes)).
+		Float64("rssMB", memstat.MB(after.RSSBytes)).Msg("forced garbage collection")
+}
+
+// logMemory writes the original tool's memory line.
+func (b *Batcher) logMemory(ctx string) {
+	m := memstat.Read()
+	ev := b.log.Info().Str("context", ctx).
+		Float64("heapUsedMB", memstat.MB(m.HeapObjectsBytes)).
+		Float64("heapTotalMB", memstat.MB(m.HeapTotalBytes)).
+		Float64("rssMB", memstat.MB(m.RSSBytes))
+	if b.o.Limit > 0 {
+		ev.Float64("heapUsedPercent", float64(int(float64(m.HeapObjectsBytes)*1000/float64(b.o.Limit)))/10)
+		ev.Float64("limitMB", memstat.MB(uint64(b.o.Limit)))
+	}
+	ev.Msg(ctx)
+}
+
+func cloneCounts(m map[string]int64) map[string]int64 {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]int64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

@@ -1,0 +1,131 @@
+package runner
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/memvisor/memvisor/internal/atomicfile"
+	"github.com/memvisor/memvisor/pkg/job"
+)
+
+// injector carries out the job file's inject: block. A one-off fault
+// (crash, hang, spike) writes a marker file in the state directory before
+// it fires, so a resumed runner does not fire it again. The leak is in
+// every runner: it is what a leaking job does.
+type injector struct {
+	cfg job.Inject
+	dir string
+	log zerolog.Logger
+
+	mu    sync.Mutex
+	leak  [][]byte // retained for the life of the process
+	spike []byte   // dropped on the next GC request
+
+	hung chan struct{} // nil until a hang fires; never closed
+}
+
+func newInjector() *injector { return &injector{} }
+
+func (in *injector) configure(cfg job.Inject, dir string, log zerolog.Logger) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.cfg, in.dir, in.log = cfg, dir, log
+}
+
+// fired reports whether a one-off fault already fired for this job, and
+// otherwise records durably that it fires now.
+func (in *injector) fireOnce(name string) bool {
+	path := filepath.Join(in.dir, "inject-"+name+".fired")
+	if _, err := os.Stat(path); err == nil {
+		return false
+	}
+	if err := atomicfile.WriteBytes(path, 0o644, []byte(time.Now().UTC().Format(time.RFC3339Nano)+"\n")); err != nil {
+		in.log.Error().Err(err).Str("inject", name).Msg("record injected fault; not firing it")
+		return false
+	}
+	return true
+}
+
+// beforeItem runs before each source record; index is 0-based and the
+// job file counts items from 1.
+func (in *injector) beforeItem(index int64) {
+	in.mu.Lock()
+	cfg := in.cfg
+	in.mu.Unlock()
+	item := index + 1
+	if n := int(cfg.LeakBytesPerItem); n > 0 {
+		b := make([]byte, n)
+		for i := 0; i < n; i += 4096 {
+			b[i] = 1 // touch every page, so the leak shows in RSS
+		}
+		in.mu.Lock()
+		in.leak = append(in.leak, b)
+		in.mu.Unlock()
+	}
+	if cfg.SpikeAtItem == item && cfg.SpikeBytes > 0 && in.fireOnce("spike") {
+		n := int(cfg.SpikeBytes)
+		b := make([]byte, n)
+		for i := 0; i < n; i += 4096 {
+			b[i] = 1
+		}
+		in.mu.Lock()
+		in.spike = b
+		in.mu.Unlock()
+		in.log.Warn().Str("inject", "spike").Int64("item", item).Int("bytes", n).
+			Msg("injected memory spike: garbage that the next garbage collection frees")
+	}
+	if cfg.CrashAtItem == item && in.fireOnce("crash") {
+		in.log.Error().Str("inject", "crash").Int64("item", item).Msg("injected crash")
+		panic(fmt.Sprintf("injected fault: crash at item %d", item))
+	}
+	if cfg.HangAtItem == item && in.fireOnce("hang") {
+		in.log.Error().Str("inject", "hang").Int64("item", item).Msg("injected hang: every goroutine of the job blocks")
+		in.mu.Lock()
+		in.hung = make(chan struct{})
+		in.mu.Unlock()
+		in.gate()
+	}
+}
+
+// gate blocks forever once a hang has fired. Every RPC handler and the
+// job's goroutines pass through it, so the runner stops answering.
+func (in *injector) gate() {
+	in.mu.Lock()
+	h := in.hung
+	in.mu.Unlock()
+	if h != nil {
+		<-h
+	}
+}
+
+// releaseSpike drops the spike's memory. The spike stands for garbage that
+// only a full collection reclaims, so it goes when GC is asked for.
+func (in *injector) releaseSpike() {
+	in.mu.Lock()
+	in.spike = nil
+	in.mu.Unlock()
+}
+
+func (in *injector) slowDrain() {
+	in.mu.Lock()
+	d := in.cfg.SlowDrain
+	in.mu.Unlock()
+	if d > 0 {
+		time.Sleep(d.D())
+	}
+}
+
+func (in *injector) afterCommit() {
+	in.mu.Lock()
+	d := in.cfg.SlowBatch
+	in.mu.Unlock()
+	in.gate()
+	if d > 0 {
+		time.Sleep(d.D())
+	}
+}

@@ -1,0 +1,36 @@
+package runner
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/rs/zerolog"
+
+	"github.com/memvisor/memvisor/pkg/connector"
+	"github.com/memvisor/memvisor/pkg/connector/jsonl"
+	"github.com/memvisor/memvisor/pkg/connector/synthetic"
+	"github.com/memvisor/memvisor/pkg/job"
+)
+
+// openSource opens a job's source by its type.
+func openSource(_ context.Context, e job.Endpoint, _ zerolog.Logger) (connector.Source, error) {
+	switch e.Type {
+	case job.TypeJSONL:
+		return jsonl.OpenSource(e.Path)
+	case job.TypeSynthetic:
+		return synthetic.New(synthetic.Options{
+			Count: e.Count, Seed: e.Seed, PayloadBytes: e.PayloadBytes,
+			DuplicateRate: e.DuplicateRate, EmptyKeyRate: e.EmptyKeyRate,
+		}), nil
+	}
+	return nil, fmt.Errorf("open source: type %q is not supported by this build", e.Type)
+}
+
+// openTarget opens a job's target by its type.
+func openTarget(_ context.Context, e job.Endpoint, log zerolog.Logger) (connector.Target, error) {
+	switch e.Type {
+	case job.TypeJSONL:
+		return jsonl.OpenTarget(e.Path, log)
+	}
+	return nil, fmt.Errorf("open target: type %q is not supported by this build", e.Type)
+}
