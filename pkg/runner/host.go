@@ -135,12 +135,12 @@ func (h *Host) StartSpec(ctx context.Context, spec job.Spec, req plugin.StartReq
 	h.limit = limit
 	h.inj.configure(spec.Inject, dir, h.log)
 
-	src, err := openSource(ctx, spec.Source, h.log)
+	src, err := openSource(ctx, spec, h.log)
 	if err != nil {
 		lk.Unlock()
 		return fail(err)
 	}
-	tgt, err := openTarget(ctx, spec.Target, h.log)
+	tgt, err := openTarget(ctx, spec, h.log)
 	if err != nil {
 		src.Close()
 		lk.Unlock()

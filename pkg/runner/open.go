@@ -13,7 +13,8 @@ import (
 )
 
 // openSource opens a job's source by its type.
-func openSource(_ context.Context, e job.Endpoint, _ zerolog.Logger) (connector.Source, error) {
+func openSource(_ context.Context, spec job.Spec, _ zerolog.Logger) (connector.Source, error) {
+	e := spec.Source
 	switch e.Type {
 	case job.TypeJSONL:
 		return jsonl.OpenSource(e.Path)
@@ -27,7 +28,8 @@ func openSource(_ context.Context, e job.Endpoint, _ zerolog.Logger) (connector.
 }
 
 // openTarget opens a job's target by its type.
-func openTarget(_ context.Context, e job.Endpoint, log zerolog.Logger) (connector.Target, error) {
+func openTarget(_ context.Context, spec job.Spec, log zerolog.Logger) (connector.Target, error) {
+	e := spec.Target
 	switch e.Type {
 	case job.TypeJSONL:
 		return jsonl.OpenTarget(e.Path, log)
