@@ -369,3 +369,44 @@ func seqKey(n uint64) []byte {
 	binary.BigEndian.PutUint64(k, n)
 	return k
 }
+
+// Reactivate is Update for a transition that makes a finished job active
+// again (a resume of a failed job, a retry of failed items): it fails with
+// a *ConflictError if another active job has taken the same Pair meanwhile.
+func (d *DB) Reactivate(id string, fn func(*Record) error) (Record, error) {
+	var rec Record
+	err := d.db.Update(func(tx *bolt.Tx) error {
+		jobs := tx.Bucket(bucketJobs)
+		v := jobs.Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("update job %s: %w", id, ErrNotFound)
+		}
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("decode job %s: %w", id, err)
+		}
+		if rec.Pair != "" {
+			err := jobs.ForEach(func(k, v []byte) error {
+				if string(k) == id {
+					return nil
+				}
+				var other Record
+				if err := json.Unmarshal(v, &other); err != nil {
+					return err
+				}
+				if other.Pair == rec.Pair && other.Status.Active() {
+					return &ConflictError{ID: other.ID}
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("reactivate job %s: %w", id, err)
+			}
+		}
+		if err := fn(&rec); err != nil {
+			return err
+		}
+		rec.ID = id
+		return put(jobs, &rec)
+	})
+	return rec, err
+}

@@ -1,0 +1,870 @@
+package service
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/memvisor/memvisor/pkg/job"
+	"github.com/memvisor/memvisor/pkg/service/registry"
+)
+
+// Errors of job operations, matched with errors.Is. registry.ErrNotFound,
+// registry.ErrExists and registry.ErrActivePair pass through as well.
+var (
+	// ErrConflict is a state transition the job's state does not allow.
+	ErrConflict = errors.New("invalid state transition")
+	// ErrInvalid is a job spec with bad fields; see InputError.
+	ErrInvalid = errors.New("invalid job")
+	// ErrClosed is returned once the manager is shutting down.
+	ErrClosed = errors.New("service is shutting down")
+)
+
+// TransitionError says which action a state refused.
+type TransitionError struct {
+	ID     string
+	Action string
+	From   registry.Status
+	Hint   string
+}
+
+func (e *TransitionError) Error() string {
+	msg := fmt.Sprintf("cannot %s job %s: it is %s", e.Action, e.ID, e.From)
+	if e.Hint != "" {
+		msg += "; " + e.Hint
+	}
+	return msg
+}
+
+func (e *TransitionError) Unwrap() error { return ErrConflict }
+
+// InputError lists the bad fields of a request body.
+type InputError struct{ Fields job.Errors }
+
+func (e *InputError) Error() string { return e.Fields.Error() }
+func (e *InputError) Unwrap() error { return ErrInvalid }
+
+// Manager owns the lifecycle of jobs: it queues them, starts at most max of
+// them, each under its own Supervisor, and records every transition in the
+// registry.
+type Manager struct {
+	reg      *registry.DB
+	factory  Factory
+	log      zerolog.Logger
+	now      func() time.Time
+	jobsDir  string
+	max      int
+	share    job.ByteSize
+	defaults job.Memory
+	mask     bool
+	metrics  *metrics
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	closing bool
+	active  map[string]*activeJob
+	hubs    map[string]*hub
+}
+
+type intent int
+
+const (
+	intentNone intent = iota
+	intentPause
+	intentCancel
+)
+
+type activeJob struct {
+	id     string
+	sup    Supervisor
+	cancel context.CancelFunc
+	done   chan struct{}
+	intent intent
+	log    zerolog.Logger
+	level  Level
+}
+
+func newManager(cfg Config, reg *registry.DB, factory Factory, log zerolog.Logger, now func() time.Time, m *metrics) *Manager {
+	ctx, cancel := context.WithCancel(context.Background())
+	mg := &Manager{
+		reg: reg, factory: factory, log: log, now: now, metrics: m,
+		jobsDir: cfg.jobsDir(), max: cfg.MaxConcurrentJobs,
+		defaults: cfg.Memory.Defaults, mask: cfg.Log.MaskValues,
+		ctx: ctx, cancel: cancel,
+		active: map[string]*activeJob{}, hubs: map[string]*hub{},
+	}
+	if cfg.Memory.Budget > 0 {
+		mg.share = cfg.Memory.Budget / job.ByteSize(cfg.MaxConcurrentJobs)
+	}
+	return mg
+}
+
+// recover requeues the jobs that were running when the last process
+// stopped, so that they resume, and starts what fits.
+func (m *Manager) recover() error {
+	recs, err := m.reg.All(registry.StatusRunning)
+	if err != nil {
+		return fmt.Errorf("list running jobs: %w", err)
+	}
+	for _, r := range recs {
+		_, err := m.reg.Update(r.ID, func(rec *registry.Record) error {
+			rec.Status = registry.StatusQueued
+			rec.Reason = "resuming after a service restart"
+			rec.Updated = m.now()
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("requeue job %s: %w", r.ID, err)
+		}
+		m.log.Info().Str(keyJob, r.ID).Msg("requeued a job that was running when the service stopped")
+	}
+	m.schedule()
+	return nil
+}
+
+// Submit validates a job spec given as JSON, records it as queued, and
+// starts it if a slot is free.
+func (m *Manager) Submit(body []byte) (registry.Record, error) {
+	spec, err := m.prepare(body)
+	if err != nil {
+		return registry.Record{}, err
+	}
+	specJSON, err := json.Marshal(spec)
+	if err != nil {
+		return registry.Record{}, fmt.Errorf("encode job: %w", err)
+	}
+	now := m.now()
+	rec := registry.Record{
+		ID: spec.ID, Spec: specJSON, Pair: pairKey(spec), Status: registry.StatusQueued,
+		Created: now, Updated: now,
+	}
+	m.mu.Lock()
+	closing := m.closing
+	m.mu.Unlock()
+	if closing {
+		return registry.Record{}, ErrClosed
+	}
+	if err := m.reg.Create(&rec); err != nil {
+		return registry.Record{}, err
+	}
+	m.log.Info().Str(keyJob, rec.ID).Str("source", spec.Source.Type).Str("target", spec.Target.Type).
+		Bool("dry_run", spec.DryRun).Msg("job queued")
+	m.metrics.jobEvent("submitted")
+	m.schedule()
+	return m.reg.Get(rec.ID)
+}
+
+var unknownField = regexp.MustCompile(`unknown field "([^"]*)"`)
+
+// prepare turns a request body into a spec: the service's memory defaults
+// fill what the body leaves out, the service chooses the state dir, an id
+// is made up when there is none, and environment variables are refused in
+// paths (the API must not read the service's environment).
+func (m *Manager) prepare(body []byte) (job.Spec, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(body, &obj); err != nil || obj == nil {
+		return job.Spec{}, &InputError{Fields: job.Errors{{Field: "", Message: "the body must be a JSON object (a job spec)"}}}
+	}
+	var fe job.Errors
+	checkNoEnv(obj, &fe)
+	if len(fe) > 0 {
+		return job.Spec{}, &InputError{Fields: fe}
+	}
+	if _, ok := obj["id"]; !ok {
+		obj["id"], _ = json.Marshal(newID(m.now()))
+	}
+	obj["state_dir"], _ = json.Marshal(m.jobsDir)
+	defaults := m.defaults
+	if m.share > 0 {
+		defaults.Limit = m.share
+	}
+	base, _ := json.Marshal(defaults)
+	if mem, ok := obj["memory"]; ok {
+		merged, err := mergeJSON(base, mem)
+		if err != nil {
+			return job.Spec{}, &InputError{Fields: job.Errors{{Field: "memory", Message: "must be an object"}}}
+		}
+		obj["memory"] = merged
+	} else {
+		obj["memory"] = base
+	}
+	data, _ := json.Marshal(obj)
+	spec, err := job.ParseJSON(data)
+	if err != nil {
+		var je job.Errors
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &je):
+			return job.Spec{}, &InputError{Fields: je}
+		case errors.As(err, &te):
+			field := te.Field
+			return job.Spec{}, &InputError{Fields: job.Errors{{Field: field, Message: fmt.Sprintf("cannot be a JSON %s", te.Value)}}}
+		default:
+			msg := strings.TrimPrefix(err.Error(), "decode job: ")
+			field := ""
+			if mm := unknownField.FindStringSubmatch(msg); mm != nil {
+				field = mm[1]
+				msg = "unknown field"
+			}
+			return job.Spec{}, &InputError{Fields: job.Errors{{Field: field, Message: msg}}}
+		}
+	}
+	if m.share > 0 && spec.Memory.Limit > m.share {
+		return job.Spec{}, &InputError{Fields: job.Errors{{Field: "memory.limit",
+			Message: fmt.Sprintf("must be at most this job's share of the service's budget, %s", m.share)}}}
+	}
+	if m.mask {
+		spec.Log.MaskValues = true
+	}
+	for _, e := range []job.Endpoint{spec.Source, spec.Target} {
+		if e.Podio != nil && e.Podio.Auth != nil {
+			a := e.Podio.Auth
+			for _, name := range []string{a.ClientSecretEnv, a.AppTokenEnv, a.UsernameEnv, a.PasswordEnv, a.RefreshTokenEnv} {
+				if strings.HasPrefix(name, "MEMVISOR_") {
+					fe.Add("auth", "environment variable %s is the service's own and cannot hold a job's credentials", name)
+				}
+			}
+		}
+	}
+	if len(fe) > 0 {
+		return job.Spec{}, &InputError{Fields: fe}
+	}
+	return spec, nil
+}
+
+// checkNoEnv refuses '$' in the fields that job.ParseJSON would expand.
+func checkNoEnv(obj map[string]json.RawMessage, fe *job.Errors) {
+	str := func(raw json.RawMessage) string {
+		var s string
+		_ = json.Unmarshal(raw, &s)
+		return s
+	}
+	for _, side := range []string{"source", "target"} {
+		var ep map[string]json.RawMessage
+		if json.Unmarshal(obj[side], &ep) != nil {
+			continue
+		}
+		for _, k := range []string{"path", "api_url"} {
+			if strings.Contains(str(ep[k]), "$") {
+				fe.Add(side+"."+k, "environment variables are not expanded in API requests: give the value itself")
+			}
+		}
+		var auth map[string]json.RawMessage
+		if json.Unmarshal(ep["auth"], &auth) == nil && strings.Contains(str(auth["credentials_file"]), "$") {
+			fe.Add(side+".auth.credentials_file", "environment variables are not expanded in API requests: give the path itself")
+		}
+	}
+}
+
+// mergeJSON overlays the keys of over onto base, recursively for objects.
+func mergeJSON(base, over json.RawMessage) (json.RawMessage, error) {
+	var b, o map[string]json.RawMessage
+	if err := json.Unmarshal(over, &o); err != nil || o == nil {
+		return nil, errors.New("not an object")
+	}
+	if err := json.Unmarshal(base, &b); err != nil || b == nil {
+		return over, nil
+	}
+	for k, v := range o {
+		if bv, ok := b[k]; ok && len(v) > 0 && v[0] == '{' && len(bv) > 0 && bv[0] == '{' {
+			mv, err := mergeJSON(bv, v)
+			if err != nil {
+				return nil, err
+			}
+			b[k] = mv
+			continue
+		}
+		b[k] = v
+	}
+	return json.Marshal(b)
+}
+
+func newID(now time.Time) string {
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	return "job-" + now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(r[:])
+}
+
+// pairKey identifies a job's source and target, credentials left out.
+func pairKey(s job.Spec) string {
+	norm := func(e job.Endpoint) job.Endpoint {
+		if e.Path != "" {
+			if abs, err := filepath.Abs(e.Path); err == nil {
+				e.Path = abs
+			}
+		}
+		if e.Podio != nil {
+			p := *e.Podio
+			p.Auth, p.Silent, p.Hook = nil, nil, nil
+			if p.APIURL == "" {
+				p.APIURL = job.DefaultPodioAPIURL
+			}
+			e.Podio = &p
+		}
+		return e
+	}
+	data, _ := json.Marshal([2]job.Endpoint{norm(s.Source), norm(s.Target)})
+	return string(data)
+}
+
+// schedule starts queued jobs, oldest first, while slots are free.
+func (m *Manager) schedule() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for !m.closing && len(m.active) < m.max {
+		p, err := m.reg.List(registry.ListOptions{Statuses: []registry.Status{registry.StatusQueued}, Limit: 1})
+		if err != nil {
+			m.log.Error().Err(err).Msg("list queued jobs")
+			return
+		}
+		if len(p.Jobs) == 0 {
+			return
+		}
+		m.startLocked(p.Jobs[0])
+	}
+}
+
+func (m *Manager) startLocked(rec registry.Record) {
+	log := m.log.With().Str(keyJob, rec.ID).Logger()
+	fail := func(err error) {
+		log.Error().Err(err).Msg("job cannot start")
+		now := m.now()
+		if _, uerr := m.reg.Update(rec.ID, func(r *registry.Record) error {
+			r.Status, r.Reason, r.Updated, r.Finished = registry.StatusFailed, err.Error(), now, now
+			return nil
+		}); uerr != nil {
+			log.Error().Err(uerr).Msg("record job failure")
+		}
+		m.metrics.jobEvent("failed")
+		m.publishViewLocked(rec.ID, EventDone)
+	}
+	var spec job.Spec
+	if err := json.Unmarshal(rec.Spec, &spec); err != nil {
+		fail(fmt.Errorf("decode stored job spec: %w", err))
+		return
+	}
+	aj := &activeJob{id: rec.ID, done: make(chan struct{}), log: log, level: LevelOK}
+	h := m.hubLocked(rec.ID)
+	emit := func(ev Event) { m.onEvent(aj, h, ev) }
+	sup, err := m.factory(spec, log, emit)
+	if err != nil {
+		fail(fmt.Errorf("create supervisor: %w", err))
+		return
+	}
+	now := m.now()
+	updated, err := m.reg.Update(rec.ID, func(r *registry.Record) error {
+		r.Status, r.Reason, r.Updated = registry.StatusRunning, "", now
+		if r.Started.IsZero() {
+			r.Started = now
+		}
+		r.Runs++
+		return nil
+	})
+	if err != nil {
+		log.Error().Err(err).Msg("record job start")
+		return
+	}
+	ctx, cancel := context.WithCancel(m.ctx)
+	aj.sup, aj.cancel = sup, cancel
+	m.active[rec.ID] = aj
+	log.Info().Int("run", updated.Runs).Bool("retry_failed", updated.RetryFailed).Msg("job started")
+	m.publishViewLocked(rec.ID, EventStatus)
+	mode := StartMode{Resume: true, RetryFailed: updated.RetryFailed}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer close(aj.done)
+		out, err := sup.Run(ctx, mode)
+		cancel()
+		m.finish(aj, out, err)
+	}()
+}
+
+// finish records how a run ended and starts the next queued job.
+func (m *Manager) finish(aj *activeJob, out Outcome, runErr error) {
+	m.mu.Lock()
+	closing := m.closing
+	in := aj.intent
+	m.mu.Unlock()
+
+	status, reason := out.Status, out.Reason
+	switch {
+	case runErr != nil && !(closing && errors.Is(runErr, context.Canceled)):
+		status, reason = registry.StatusFailed, runErr.Error()
+	case runErr != nil || status == "":
+		status = registry.StatusPaused
+	}
+	switch {
+	case in == intentCancel && status == registry.StatusPaused:
+		status = registry.StatusCancelled
+	case status == registry.StatusPaused && in != intentPause && closing:
+		// Drained by the shutdown: queue it, so the next start resumes it.
+		status, reason = registry.StatusQueued, "drained by a service shutdown; resumes when the service starts"
+	}
+	final := out.Final
+	now := m.now()
+	rec, err := m.reg.Update(aj.id, func(r *registry.Record) error {
+		r.Status, r.Reason, r.Updated = status, reason, now
+		if final.Progress.Processed > 0 || final.Progress.TotalKnown || final.Progress.Batches > 0 {
+			r.Counts = countsOf(final.Progress)
+		}
+		r.Restarts = addRestarts(r.Restarts, final.Restarts)
+		r.GCRequests += final.GCRequests
+		r.PeakRSS = max(r.PeakRSS, final.PeakRSS, final.Memory.RSS)
+		if final.Memory.Budget > 0 {
+			r.BudgetBytes = final.Memory.Budget
+		}
+		if status.Finished() {
+			r.Finished = now
+		}
+		if status == registry.StatusCompleted {
+			r.RetryFailed = false
+		}
+		return nil
+	})
+	if err != nil {
+		aj.log.Error().Err(err).Msg("record job end")
+	}
+	ev := aj.log.Info()
+	if status == registry.StatusFailed {
+		ev = aj.log.Error()
+	}
+	ev.Str("status", string(status)).Str("reason", reason).Int64("processed", final.Progress.Processed).
+		Int64("failed", final.Progress.Failed).Msg("job run ended")
+	if status.Finished() {
+		m.metrics.jobEvent(string(status))
+		if !rec.Started.IsZero() {
+			m.metrics.observeDuration(string(status), now.Sub(rec.Started))
+		}
+	}
+	m.mu.Lock()
+	delete(m.active, aj.id)
+	kind := EventStatus
+	if status.Finished() {
+		kind = EventDone
+	}
+	m.publishViewLocked(aj.id, kind)
+	m.mu.Unlock()
+	m.schedule()
+}
+
+func addRestarts(a, b registry.Restarts) registry.Restarts {
+	return registry.Restarts{Graceful: a.Graceful + b.Graceful, Crash: a.Crash + b.Crash, Hang: a.Hang + b.Hang, Kill: a.Kill + b.Kill}
+}
+
+// onEvent logs the memory events and passes every event to the job's hub.
+func (m *Manager) onEvent(aj *activeJob, h *hub, ev Event) {
+	if ev.Time.IsZero() {
+		ev.Time = m.now()
+	}
+	switch ev.Kind {
+	case EventLevel:
+		memLine(aj.log.Warn(), ev, "level "+string(ev.Level)).Str("from", string(aj.level)).Str("level", string(ev.Level)).Msg("memory level changed")
+		aj.level = ev.Level
+	case EventGC:
+		memLine(aj.log.Warn(), ev, "gc request").Msg("asked the runner for GC")
+	case EventRestart:
+		memLine(aj.log.Warn(), ev, "restart "+ev.RestartKind).Str("kind", ev.RestartKind).Msg("runner restarted")
+	}
+	h.publish(aj.id, ev)
+}
+
+// memLine adds the original tool's memory fields to a log line.
+func memLine(e *zerolog.Event, ev Event, context string) *zerolog.Event {
+	e = e.Str("context", context).Str("reason", ev.Reason)
+	if mem := ev.Memory; mem != nil {
+		const mb = 1 << 20
+		e = e.Float64("heapUsedMB", round1(float64(mem.Heap)/mb)).
+			Float64("heapTotalMB", round1(float64(mem.Budget)/mb)).
+			Float64("rssMB", round1(float64(mem.RSS)/mb))
+		if mem.Budget > 0 {
+			e = e.Float64("heapUsedPercent", round1(float64(mem.Heap)*100/float64(mem.Budget))).
+				Float64("rssPercent", round1(float64(mem.RSS)*100/float64(mem.Budget)))
+		}
+	}
+	return e
+}
+
+func round1(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
+
+func (m *Manager) hubLocked(id string) *hub {
+	h, ok := m.hubs[id]
+	if !ok {
+		h = newHub()
+		m.hubs[id] = h
+	}
+	return h
+}
+
+// publishViewLocked sends the job's current view to its subscribers.
+func (m *Manager) publishViewLocked(id string, kind EventKind) {
+	h, ok := m.hubs[id]
+	if !ok {
+		return
+	}
+	rec, err := m.reg.Get(id)
+	if err != nil {
+		return
+	}
+	var live *Snapshot
+	if aj, ok := m.active[id]; ok && aj.sup != nil {
+		s := aj.sup.Snapshot()
+		live = &s
+	}
+	h.publishView(kind, viewOf(rec, live), m.now())
+	if kind == EventDone {
+		h.close()
+		delete(m.hubs, id)
+	}
+}
+
+// Get returns a job's view, live while it runs.
+func (m *Manager) Get(id string) (JobView, error) {
+	rec, err := m.reg.Get(id)
+	if err != nil {
+		return JobView{}, err
+	}
+	return m.view(rec), nil
+}
+
+func (m *Manager) view(rec registry.Record) JobView {
+	m.mu.Lock()
+	aj, ok := m.active[rec.ID]
+	m.mu.Unlock()
+	if ok && rec.Status == registry.StatusRunning {
+		s := aj.sup.Snapshot()
+		return viewOf(rec, &s)
+	}
+	return viewOf(rec, nil)
+}
+
+// List returns a page of jobs.
+func (m *Manager) List(opt registry.ListOptions) ([]JobView, string, error) {
+	p, err := m.reg.List(opt)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]JobView, 0, len(p.Jobs))
+	for _, r := range p.Jobs {
+		out = append(out, m.view(r))
+	}
+	return out, p.NextCursor, nil
+}
+
+// Pause drains a running job and waits until it is paused; a queued job is
+// paused at once.
+func (m *Manager) Pause(ctx context.Context, id string) (JobView, error) {
+	return m.stop(ctx, id, intentPause)
+}
+
+// Cancel stops a running job and waits until it is cancelled; a queued or
+// paused job is cancelled at once.
+func (m *Manager) Cancel(ctx context.Context, id string) (JobView, error) {
+	return m.stop(ctx, id, intentCancel)
+}
+
+func (m *Manager) stop(ctx context.Context, id string, in intent) (JobView, error) {
+	action, target := "pause", registry.StatusPaused
+	if in == intentCancel {
+		action, target = "cancel", registry.StatusCancelled
+	}
+	m.mu.Lock()
+	if aj, ok := m.active[id]; ok {
+		if aj.intent != intentNone && in == intentPause {
+			m.mu.Unlock()
+			return JobView{}, &TransitionError{ID: id, Action: action, From: registry.StatusRunning, Hint: "it is already stopping"}
+		}
+		aj.intent = in
+		m.mu.Unlock()
+		var err error
+		if in == intentCancel {
+			err = aj.sup.Cancel(ctx)
+		} else {
+			err = aj.sup.Pause(ctx)
+		}
+		if err != nil {
+			return JobView{}, fmt.Errorf("%s job %s: %w", action, id, err)
+		}
+		select {
+		case <-aj.done:
+		case <-ctx.Done():
+			return JobView{}, fmt.Errorf("wait for job %s to %s: %w", id, action, ctx.Err())
+		}
+		return m.Get(id)
+	}
+	defer m.mu.Unlock()
+	now := m.now()
+	rec, err := m.reg.Update(id, func(r *registry.Record) error {
+		ok := r.Status == registry.StatusQueued || (in == intentCancel && r.Status == registry.StatusPaused)
+		if !ok {
+			return &TransitionError{ID: id, Action: action, From: r.Status}
+		}
+		r.Status, r.Updated, r.Reason = target, now, action+" requested"
+		if target.Finished() {
+			r.Finished = now
+		}
+		return nil
+	})
+	if err != nil {
+		return JobView{}, err
+	}
+	m.log.Info().Str(keyJob, id).Str("status", string(target)).Msg("job " + string(target))
+	kind := EventStatus
+	if target.Finished() {
+		kind = EventDone
+		m.metrics.jobEvent(string(target))
+	}
+	m.publishViewLocked(id, kind)
+	return viewOf(rec, nil), nil
+}
+
+// Resume queues a paused or failed job; it continues from its checkpoint.
+func (m *Manager) Resume(id string) (JobView, error) {
+	return m.requeue(id, "resume", func(r *registry.Record) error {
+		if r.Status != registry.StatusPaused && r.Status != registry.StatusFailed {
+			return &TransitionError{ID: id, Action: "resume", From: r.Status, Hint: "only a paused or failed job can be resumed"}
+		}
+		return nil
+	})
+}
+
+// RetryFailed queues a finished job to process its failed items again.
+func (m *Manager) RetryFailed(id string) (JobView, error) {
+	return m.requeue(id, "retry the failed items of", func(r *registry.Record) error {
+		if r.Status != registry.StatusCompleted && r.Status != registry.StatusFailed {
+			return &TransitionError{ID: id, Action: "retry the failed items of", From: r.Status,
+				Hint: "only a completed or failed job can retry its failed items"}
+		}
+		st, err := os.Stat(filepath.Join(m.jobsDir, id, "failed.jsonl"))
+		if err != nil || st.Size() == 0 {
+			return &TransitionError{ID: id, Action: "retry the failed items of", From: r.Status, Hint: "it has no failed items"}
+		}
+		r.RetryFailed = true
+		return nil
+	})
+}
+
+func (m *Manager) requeue(id, action string, check func(*registry.Record) error) (JobView, error) {
+	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		return JobView{}, ErrClosed
+	}
+	now := m.now()
+	rec, err := m.reg.Reactivate(id, func(r *registry.Record) error {
+		if err := check(r); err != nil {
+			return err
+		}
+		r.Status, r.Reason, r.Updated = registry.StatusQueued, "", now
+		r.Finished = time.Time{}
+		return nil
+	})
+	if err == nil {
+		m.log.Info().Str(keyJob, id).Bool("retry_failed", rec.RetryFailed).Msg("job queued again")
+		m.hubLocked(id)
+		m.publishViewLocked(id, EventStatus)
+	}
+	m.mu.Unlock()
+	if err != nil {
+		return JobView{}, err
+	}
+	m.schedule()
+	return m.Get(id)
+}
+
+// Delete removes a finished job and its state directory.
+func (m *Manager) Delete(id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rec, err := m.reg.Get(id)
+	if err != nil {
+		return err
+	}
+	if !rec.Status.Finished() {
+		return &TransitionError{ID: id, Action: "delete", From: rec.Status, Hint: "cancel it first"}
+	}
+	return m.removeLocked(rec)
+}
+
+func (m *Manager) removeLocked(rec registry.Record) error {
+	if err := m.reg.Delete(rec.ID); err != nil {
+		return err
+	}
+	if h, ok := m.hubs[rec.ID]; ok {
+		h.close()
+		delete(m.hubs, rec.ID)
+	}
+	dir := filepath.Join(m.jobsDir, rec.ID)
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove job state %s: %w", dir, err)
+	}
+	m.log.Info().Str(keyJob, rec.ID).Msg("job deleted")
+	return nil
+}
+
+// prune deletes the finished jobs that ended before cutoff.
+func (m *Manager) prune(cutoff time.Time) (int, error) {
+	recs, err := m.reg.All(registry.StatusCompleted, registry.StatusFailed, registry.StatusCancelled)
+	if err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, r := range recs {
+		if !r.Finished.IsZero() && r.Finished.Before(cutoff) {
+			if err := m.removeLocked(r); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	return n, nil
+}
+
+// persistProgress stores the live counters of the running jobs, so that a
+// job's figures survive a crash of the service.
+func (m *Manager) persistProgress() {
+	m.mu.Lock()
+	snaps := make(map[string]Snapshot, len(m.active))
+	for id, aj := range m.active {
+		snaps[id] = aj.sup.Snapshot()
+	}
+	m.mu.Unlock()
+	for id, s := range snaps {
+		_, _ = m.reg.Update(id, func(r *registry.Record) error {
+			if r.Status != registry.StatusRunning {
+				return errSkip
+			}
+			r.Counts = countsOf(s.Progress)
+			if s.Memory.Budget > 0 {
+				r.BudgetBytes = s.Memory.Budget
+			}
+			return nil
+		})
+	}
+}
+
+var errSkip = errors.New("skip")
+
+// ping proves that the manager's lock and the registry answer, for the
+// systemd watchdog.
+func (m *Manager) ping() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, err := m.reg.List(registry.ListOptions{Limit: 1})
+	return err
+}
+
+// subscribe returns a job's hub subscription and its first frame.
+func (m *Manager) subscribe(id string) (*hub, *subscriber, []byte, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rec, err := m.reg.Get(id)
+	if err != nil {
+		return nil, nil, nil, false, err
+	}
+	var live *Snapshot
+	if aj, ok := m.active[id]; ok && aj.sup != nil {
+		s := aj.sup.Snapshot()
+		live = &s
+	}
+	v := viewOf(rec, live)
+	finished := rec.Status.Finished()
+	h := m.hubLocked(id)
+	if finished {
+		// A finished job's stream is a snapshot and a done event.
+		delete(m.hubs, id)
+		h.close()
+	}
+	s, hist, marks := h.subscribe()
+	return h, s, h.snapshotFrame(v, hist, marks, m.now()), finished, nil
+}
+
+// heapProfile fetches a running job's heap profile.
+func (m *Manager) heapProfile(ctx context.Context, id string) ([]byte, error) {
+	m.mu.Lock()
+	aj, ok := m.active[id]
+	m.mu.Unlock()
+	if !ok {
+		rec, err := m.reg.Get(id)
+		if err != nil {
+			return nil, err
+		}
+		return nil, &TransitionError{ID: id, Action: "profile", From: rec.Status, Hint: "only a running job has a runner to profile"}
+	}
+	return aj.sup.HeapProfile(ctx)
+}
+
+// activeSnapshots returns the snapshot of every running job.
+func (m *Manager) activeSnapshots() map[string]Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]Snapshot, len(m.active))
+	for id, aj := range m.active {
+		out[id] = aj.sup.Snapshot()
+	}
+	return out
+}
+
+// jobDir returns a job's state directory after checking that it exists.
+func (m *Manager) jobDir(id string) (string, error) {
+	if _, err := m.reg.Get(id); err != nil {
+		return "", err
+	}
+	return filepath.Join(m.jobsDir, id), nil
+}
+
+// close drains every running job, waiting at most until ctx is done, and
+// stops starting new ones. Drained jobs are recorded as queued. extend is
+// called now and then while jobs are still draining.
+func (m *Manager) close(ctx context.Context, extend func()) error {
+	m.mu.Lock()
+	m.closing = true
+	n := len(m.active)
+	for _, h := range m.hubs {
+		h.close()
+	}
+	m.hubs = map[string]*hub{}
+	m.mu.Unlock()
+	if n > 0 {
+		m.log.Info().Int("jobs", n).Msg("draining running jobs")
+	}
+	m.cancel()
+	done := make(chan struct{})
+	go func() { m.wg.Wait(); close(done) }()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	if extend != nil {
+		extend()
+	}
+	for {
+		select {
+		case <-done:
+			return nil
+		case <-t.C:
+			if extend != nil {
+				extend()
+			}
+		case <-ctx.Done():
+			m.mu.Lock()
+			left := len(m.active)
+			m.mu.Unlock()
+			return fmt.Errorf("drain %d running jobs: %w", left, ctx.Err())
+		}
+	}
+}
