@@ -214,8 +214,11 @@ type process struct {
 
 	strayStdout atomic.Int64
 	done        chan struct{}
-	mu          sync.Mutex
-	waitErr     error
+
+	mu      sync.Mutex
+	proc    *os.Process // set once started
+	killed  bool        // kill was asked for, perhaps before the start
+	waitErr error
 }
 
 var _ runner.Runner = (*process)(nil)
@@ -239,11 +242,18 @@ func newProcess(opts ClientOptions, env, pluginEnv []string, pid *atomic.Int64, 
 }
 
 func (p *process) Start(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.killed {
+		close(p.done)
+		return errors.New("runner killed before it started")
+	}
 	if err := p.cmd.Start(); err != nil {
 		close(p.done)
 		return err
 	}
-	p.pidVal.Store(int64(p.cmd.Process.Pid))
+	p.proc = p.cmd.Process
+	p.pidVal.Store(int64(p.proc.Pid))
 	p.log.Debug("runner process started", "path", p.cmd.Path)
 	return nil
 }
@@ -263,10 +273,14 @@ func (p *process) Kill(context.Context) error {
 }
 
 func (p *process) kill() {
-	if p.cmd.Process == nil {
+	p.mu.Lock()
+	p.killed = true
+	proc := p.proc
+	p.mu.Unlock()
+	if proc == nil {
 		return
 	}
-	if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := proc.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		p.log.Debug("kill runner", "error", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	goplugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -58,15 +59,22 @@ func NewGRPCClient(conn grpc.ClientConnInterface) *GRPCClient {
 	return &GRPCClient{client: pb.NewRunnerClient(conn)}
 }
 
-func callErr(method string, err error) error {
-	return fmt.Errorf("call runner %s: %w", method, fromStatus(err))
+func callErr(ctx context.Context, method string, err error) error {
+	re := fromStatus(err)
+	// gRPC reports a closed connection as Canceled; unless the caller
+	// cancelled, the runner is gone.
+	var r *RemoteError
+	if errors.As(re, &r) && r.Code == codes.Canceled && ctx.Err() == nil {
+		r.kind = ErrUnavailable
+	}
+	return fmt.Errorf("call runner %s: %w", method, re)
 }
 
 // Start implements Runner.
 func (c *GRPCClient) Start(ctx context.Context, req StartRequest) error {
 	_, err := c.client.Start(ctx, &pb.StartRequest{Job: req.Job, Resume: req.Resume, RetryFailed: req.RetryFailed})
 	if err != nil {
-		return callErr("Start", err)
+		return callErr(ctx, "Start", err)
 	}
 	return nil
 }
@@ -75,7 +83,7 @@ func (c *GRPCClient) Start(ctx context.Context, req StartRequest) error {
 func (c *GRPCClient) Stats(ctx context.Context) (Stats, error) {
 	r, err := c.client.Stats(ctx, &pb.StatsRequest{})
 	if err != nil {
-		return Stats{}, callErr("Stats", err)
+		return Stats{}, callErr(ctx, "Stats", err)
 	}
 	return statsFromPB(r), nil
 }
@@ -84,7 +92,7 @@ func (c *GRPCClient) Stats(ctx context.Context) (Stats, error) {
 func (c *GRPCClient) GC(ctx context.Context) (GCResult, error) {
 	r, err := c.client.GC(ctx, &pb.GCRequest{})
 	if err != nil {
-		return GCResult{}, callErr("GC", err)
+		return GCResult{}, callErr(ctx, "GC", err)
 	}
 	return GCResult{
 		Before:   memFromPB(r.GetBefore()),
@@ -97,7 +105,7 @@ func (c *GRPCClient) GC(ctx context.Context) (GCResult, error) {
 func (c *GRPCClient) Drain(ctx context.Context, deadline time.Time) (Checkpoint, error) {
 	r, err := c.client.Drain(ctx, &pb.DrainRequest{Deadline: timeToPB(deadline)})
 	if err != nil {
-		return Checkpoint{}, callErr("Drain", err)
+		return Checkpoint{}, callErr(ctx, "Drain", err)
 	}
 	return checkpointFromPB(r), nil
 }
@@ -105,7 +113,7 @@ func (c *GRPCClient) Drain(ctx context.Context, deadline time.Time) (Checkpoint,
 // Cancel implements Runner.
 func (c *GRPCClient) Cancel(ctx context.Context) error {
 	if _, err := c.client.Cancel(ctx, &pb.CancelRequest{}); err != nil {
-		return callErr("Cancel", err)
+		return callErr(ctx, "Cancel", err)
 	}
 	return nil
 }
@@ -117,7 +125,7 @@ func (c *GRPCClient) Watch(ctx context.Context, fn func(Event) error) error {
 	defer cancel()
 	stream, err := c.client.Watch(ctx, &pb.WatchRequest{})
 	if err != nil {
-		return callErr("Watch", err)
+		return callErr(ctx, "Watch", err)
 	}
 	for {
 		m, err := stream.Recv()
@@ -125,7 +133,7 @@ func (c *GRPCClient) Watch(ctx context.Context, fn func(Event) error) error {
 			return nil
 		}
 		if err != nil {
-			return callErr("Watch", err)
+			return callErr(ctx, "Watch", err)
 		}
 		if err := fn(eventFromPB(m)); err != nil {
 			return err
@@ -137,7 +145,7 @@ func (c *GRPCClient) Watch(ctx context.Context, fn func(Event) error) error {
 func (c *GRPCClient) HeapProfile(ctx context.Context) ([]byte, error) {
 	r, err := c.client.HeapProfile(ctx, &pb.HeapProfileRequest{})
 	if err != nil {
-		return nil, callErr("HeapProfile", err)
+		return nil, callErr(ctx, "HeapProfile", err)
 	}
 	return r.GetProfile(), nil
 }
