@@ -26,7 +26,7 @@ type Config struct {
 	StateDir string `json:"state_dir"`
 	Auth     Auth   `json:"auth"`
 	// MaxConcurrentJobs is how many jobs run at once; more are queued.
-	MaxConcurrentJobs int `json:"max_concurrent_jobs"`
+	MaxConcurrentJobs int          `json:"max_concurrent_jobs"`
 	Memory            MemoryConfig `json:"memory"`
 	// Retention is how long a finished job is kept before it is pruned,
 	// with its state directory.

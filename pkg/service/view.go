@@ -12,24 +12,24 @@ import (
 
 // JobView is a job as GET /v1/jobs/{id} reports it.
 type JobView struct {
-	ID               string           `json:"id"`
-	Status           registry.Status  `json:"status"`
-	Reason           string           `json:"reason,omitempty"`
-	DryRun           bool             `json:"dry_run"`
-	RetryFailed      bool             `json:"retry_failed"`
-	Source           EndpointView     `json:"source"`
-	Target           EndpointView     `json:"target"`
-	Progress         ProgressView     `json:"progress"`
-	Throughput       ThroughputView   `json:"throughput"`
-	Memory           MemoryView       `json:"memory"`
+	ID               string            `json:"id"`
+	Status           registry.Status   `json:"status"`
+	Reason           string            `json:"reason,omitempty"`
+	DryRun           bool              `json:"dry_run"`
+	RetryFailed      bool              `json:"retry_failed"`
+	Source           EndpointView      `json:"source"`
+	Target           EndpointView      `json:"target"`
+	Progress         ProgressView      `json:"progress"`
+	Throughput       ThroughputView    `json:"throughput"`
+	Memory           MemoryView        `json:"memory"`
 	Restarts         registry.Restarts `json:"restarts"`
-	GCRequests       int64            `json:"gc_requests"`
-	ErrorsByCategory map[string]int64 `json:"errors_by_category"`
-	Checkpoint       CheckpointView   `json:"checkpoint"`
-	Cache            CacheView        `json:"cache"`
-	Runs             int              `json:"runs"`
-	LastError        string           `json:"last_error,omitempty"`
-	Timestamps       TimestampsView   `json:"timestamps"`
+	GCRequests       int64             `json:"gc_requests"`
+	ErrorsByCategory map[string]int64  `json:"errors_by_category"`
+	Checkpoint       CheckpointView    `json:"checkpoint"`
+	Cache            CacheView         `json:"cache"`
+	Runs             int               `json:"runs"`
+	LastError        string            `json:"last_error,omitempty"`
+	Timestamps       TimestampsView    `json:"timestamps"`
 }
 
 // EndpointView names a source or target without its credentials.

@@ -326,4 +326,3 @@ func Processed(jobDir string) (int64, bool, error) {
 	}
 	return cp.Processed, cp.Done, nil
 }
-
