@@ -105,6 +105,7 @@ type Batcher struct {
 	// checkpoint, by external id, so the redone batch does not repeat them.
 	recovered map[string]int64
 
+	fresh   bool // the job had no checkpoint
 	finder  connector.MatchFinder
 	fails   *faillog.Writer
 	cp      checkpoint.Checkpoint
@@ -236,6 +237,19 @@ func (b *Batcher) Run(ctx context.Context) (Result, error) {
 	if err := b.buildCache(ctx, cp); err != nil {
 		return Result{}, err
 	}
+	if b.fresh {
+		// Commit where the target ends before the first write, so that a
+		// runner killed in the first batch is resumed like any other.
+		mark, err := b.o.Target.Sync(ctx)
+		if err != nil {
+			return Result{}, fmt.Errorf("sync target: %w", err)
+		}
+		cp.Target, cp.Time = mark, b.now().UTC()
+		if err := checkpoint.Save(b.o.Dir, cp); err != nil {
+			return Result{}, err
+		}
+		b.cp = cp
+	}
 	fails, err := faillog.Open(filepath.Join(b.o.Dir, FailedFile), cp.FailedBytes)
 	if err != nil {
 		return Result{}, err
@@ -257,7 +271,8 @@ func (b *Batcher) loadCheckpoint() (checkpoint.Checkpoint, error) {
 	cp, err := checkpoint.Load(b.o.Dir)
 	switch {
 	case errors.Is(err, checkpoint.ErrNotExist):
-		return checkpoint.Checkpoint{JobID: b.o.Spec.ID, SpecHash: hash, FailedBytes: 0}, nil
+		b.fresh = true
+		return checkpoint.Checkpoint{JobID: b.o.Spec.ID, SpecHash: hash}, nil
 	case err != nil:
 		return checkpoint.Checkpoint{}, err
 	}
@@ -344,7 +359,7 @@ func (b *Batcher) buildCache(ctx context.Context, cp checkpoint.Checkpoint) erro
 		return fmt.Errorf("prefetch target: %w", err)
 	}
 	b.recovered = map[string]int64{}
-	if cp.Seq > 0 || cp.Target > 0 {
+	if !b.fresh && !b.o.Spec.DryRun {
 		if _, err := b.o.Target.Scan(ctx, cp.Target, func(it connector.TargetItem) error {
 			if it.ExternalID != "" {
 				b.recovered[it.ExternalID] = it.ID
@@ -502,7 +517,7 @@ func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, 
 	}
 	b.mu.Lock()
 	cp := b.cp
-	if next != cp.Source || done || cp.Seq == 0 {
+	if next != cp.Source || done {
 		// A commit that moves nothing (a drain right after a batch) keeps
 		// its number: Seq growing means progress.
 		cp.Seq++

@@ -154,12 +154,17 @@ func Decode(path string, data []byte) (Checkpoint, error) {
 	if env.Version != version {
 		return corrupt("unsupported version %d (this build reads version %d)", env.Version, version)
 	}
-	sum := sha256.Sum256(env.Body)
+	// The file is indented for people; the checksum covers the compact body.
+	var body bytes.Buffer
+	if err := json.Compact(&body, env.Body); err != nil {
+		return corrupt("bad body: %v", err)
+	}
+	sum := sha256.Sum256(body.Bytes())
 	if hex.EncodeToString(sum[:]) != env.SHA256 {
 		return corrupt("checksum mismatch: the body was changed or damaged")
 	}
 	var cp Checkpoint
-	dec := json.NewDecoder(bytes.NewReader(env.Body))
+	dec := json.NewDecoder(&body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cp); err != nil {
 		return corrupt("bad body: %v", err)
