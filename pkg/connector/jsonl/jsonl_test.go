@@ -214,4 +214,3 @@ func FuzzDecodeItem(f *testing.F) {
 		}
 	})
 }
-
