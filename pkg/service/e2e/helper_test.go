@@ -1,0 +1,252 @@
+package e2e_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/memvisor/memvisor/pkg/service"
+	"github.com/memvisor/memvisor/pkg/service/servicetest"
+)
+
+// The test binary runs the service when these are set, so that the tests
+// can treat it as a real process.
+const (
+	envHelper = "MEMVISOR_E2E_SERVE"
+	envTick   = "MEMVISOR_E2E_TICK"
+)
+
+func TestMain(m *testing.M) {
+	if cfgPath := os.Getenv(envHelper); cfgPath != "" {
+		os.Exit(serveMain(cfgPath))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// serveMain is what `supervisor serve --config FILE` does, with the
+// simulated supervisor.
+func serveMain(cfgPath string) int {
+	log := zerolog.New(os.Stderr).With().Timestamp().Logger()
+	cfg, err := service.Load(cfgPath)
+	if err != nil {
+		log.Error().Err(err).Msg("config")
+		return 2
+	}
+	tick, _ := time.ParseDuration(os.Getenv(envTick))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	err = service.Serve(ctx, cfg,
+		service.WithLogger(log),
+		service.WithFactory(servicetest.Factory(servicetest.Options{Tick: tick})),
+		service.WithTick(100*time.Millisecond),
+	)
+	if err != nil {
+		log.Error().Err(err).Msg("serve")
+		return 1
+	}
+	return 0
+}
+
+// proc is a running service process.
+type proc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	base   string
+	token  string
+	stderr *lockedBuffer
+	waited chan error
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startServe starts the service on a free loopback port with the given
+// extra config lines and environment, and waits until /readyz answers.
+func startServe(t *testing.T, stateDir, extraYAML string, tick time.Duration, env ...string) *proc {
+	t.Helper()
+	port := freePort(t)
+	cfg := fmt.Sprintf("listen: 127.0.0.1:%d\nstate_dir: %s\nshutdown_timeout: 20s\n%s", port, stateDir, extraYAML)
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envHelper+"="+cfgPath, envTick+"="+tick.String())
+	cmd.Env = append(cmd.Env, env...)
+	p := &proc{t: t, cmd: cmd, base: fmt.Sprintf("http://127.0.0.1:%d", port), stderr: &lockedBuffer{}, waited: make(chan error, 1)}
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "MEMVISOR_TOKEN="); ok {
+			p.token = v
+		}
+	}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.waited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-p.waited
+		}
+		if t.Failed() {
+			t.Logf("service log:\n%s", p.stderr.String())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(p.base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		select {
+		case err := <-p.waited:
+			t.Fatalf("service exited: %v\n%s", err, p.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("service not ready after 20s\n%s", p.stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends sig and waits for the process to exit.
+func (p *proc) stop(sig os.Signal, timeout time.Duration) error {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
+	select {
+	case err := <-p.waited:
+		return err
+	case <-time.After(timeout):
+		p.t.Fatalf("service did not exit within %s after %v", timeout, sig)
+		return nil
+	}
+}
+
+func (p *proc) do(method, path string, body any) (int, []byte) {
+	p.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		data, _ := json.Marshal(body)
+		rd = bytes.NewReader(data)
+	}
+	req, _ := http.NewRequest(method, p.base+path, rd)
+	if p.token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		p.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, data
+}
+
+type jobView struct {
+	ID       string `json:"id"`
+	Status   string `json:"status"`
+	Runs     int    `json:"runs"`
+	Progress struct {
+		Total, Processed int64
+		Percent          float64
+	} `json:"progress"`
+}
+
+func (p *proc) get(id string) jobView {
+	p.t.Helper()
+	code, body := p.do("GET", "/v1/jobs/"+id, nil)
+	if code != http.StatusOK {
+		p.t.Fatalf("GET %s: %d %s", id, code, body)
+	}
+	var v jobView
+	if err := json.Unmarshal(body, &v); err != nil {
+		p.t.Fatal(err)
+	}
+	return v
+}
+
+func (p *proc) wait(id string, timeout time.Duration, cond func(jobView) bool) jobView {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		v := p.get(id)
+		if cond(v) {
+			return v
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("job %s: %+v after %s", id, v, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func syntheticJob(t *testing.T, id string, count int) map[string]any {
+	return map[string]any{
+		"id":         id,
+		"source":     map[string]any{"type": "synthetic", "count": count, "seed": 1},
+		"target":     map[string]any{"type": "jsonl", "path": filepath.Join(t.TempDir(), "target.jsonl")},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 100,
+	}
+}
+
+// logLines returns the service's JSON log lines.
+func (p *proc) logLines() []map[string]any {
+	var out []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(p.stderr.String()))
+	for sc.Scan() {
+		var m map[string]any
+		if json.Unmarshal(sc.Bytes(), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
