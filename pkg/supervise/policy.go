@@ -1,0 +1,259 @@
+package supervise
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/memvisor/memvisor/pkg/job"
+)
+
+// Level is a runner's memory level, as DESIGN.md section 4 defines them.
+type Level string
+
+// The levels, in rising order.
+const (
+	LevelOK       Level = "ok"
+	LevelWarning  Level = "warning"
+	LevelCritical Level = "critical"
+	LevelKill     Level = "kill"
+)
+
+func (l Level) rank() int {
+	switch l {
+	case LevelWarning:
+		return 1
+	case LevelCritical:
+		return 2
+	case LevelKill:
+		return 3
+	}
+	return 0
+}
+
+// PolicyConfig holds the thresholds of a Policy. Percentages are of
+// BudgetBytes.
+type PolicyConfig struct {
+	BudgetBytes     uint64
+	WarningPercent  float64
+	CriticalPercent float64
+	KillPercent     float64
+	// CriticalSamples is how many consecutive samples must stay critical,
+	// once GCCooldown has passed after a GC request, before a graceful
+	// restart.
+	CriticalSamples int
+	// GCCooldown is how long a GC request is given to take effect.
+	GCCooldown time.Duration
+}
+
+// NewPolicyConfig takes the thresholds from a job's memory block and the
+// budget in force.
+func NewPolicyConfig(m job.Memory, budget uint64) PolicyConfig {
+	return PolicyConfig{
+		BudgetBytes:     budget,
+		WarningPercent:  m.WarningPercent,
+		CriticalPercent: m.CriticalPercent,
+		KillPercent:     m.KillPercent,
+		CriticalSamples: m.CriticalSamples,
+		GCCooldown:      m.GCCooldown.D(),
+	}
+}
+
+// Bytes returns the usage at percent of the budget.
+func (c PolicyConfig) Bytes(percent float64) uint64 {
+	return uint64(float64(c.BudgetBytes) * percent / 100)
+}
+
+// Sample is one reading of a runner's memory.
+type Sample struct {
+	Time time.Time
+	// RSSBytes is the runner's resident set, read from outside.
+	RSSBytes uint64
+	// HeapBytes is the runner's live heap (heap objects) from its last
+	// Stats, or 0 when not known.
+	HeapBytes uint64
+}
+
+// Usage is the figure the policy judges: the larger of RSS and the live
+// heap. RSS is what the kernel and a cgroup limit count, so it is the
+// figure that matters; the heap term covers a reading of RSS that failed
+// or a heap whose pages are swapped out. Usage is always measured against
+// the budget, never against the heap's own current size.
+func (s Sample) Usage() uint64 { return max(s.RSSBytes, s.HeapBytes) }
+
+// ActionKind names what the policy asks the supervisor to do.
+type ActionKind string
+
+// The actions.
+const (
+	// ActionLevel reports a level change: log it and emit it.
+	ActionLevel ActionKind = "level"
+	// ActionGC asks the runner to collect garbage and return memory.
+	ActionGC ActionKind = "gc"
+	// ActionRestart asks for a graceful restart: drain, then a new runner.
+	ActionRestart ActionKind = "restart"
+	// ActionKill asks for SIGKILL now, then a new runner.
+	ActionKill ActionKind = "kill"
+)
+
+// Action is one thing the supervisor should do, with the reason.
+type Action struct {
+	Kind ActionKind
+	// From and To are the levels of an ActionLevel; To is the level in
+	// force for the other kinds.
+	From, To   Level
+	Reason     string
+	UsageBytes uint64
+	Percent    float64
+}
+
+// Policy is the memory policy of one job: a pure state machine. Samples
+// go in and actions come out; time is the samples' own, so a test drives
+// it with a fake clock. It is not safe for concurrent use: one loop owns
+// it.
+//
+// The rules, for usage as a share of the budget:
+//   - a change of level (ok < warning < critical) is reported once;
+//   - on entering critical, GC is requested, unless one was requested
+//     within GCCooldown;
+//   - once GCCooldown has passed after that request, every further
+//     critical sample counts; CriticalSamples of them in a row ask for a
+//     graceful restart; a sample below critical ends the episode;
+//   - usage at or above KillPercent asks for a kill at once, as does a
+//     runner that misses an RPC deadline (Unresponsive).
+//
+// After a restart or a kill, the policy asks for nothing more (except a
+// kill, if a draining runner keeps growing) until Reset is called for
+// the next runner.
+type Policy struct {
+	cfg PolicyConfig
+
+	level      Level
+	gcAt       time.Time // the GC request of the current critical episode
+	lastGC     time.Time // the last GC request of this runner
+	afterGC    int       // consecutive critical samples after the cooldown
+	restarting bool
+	killed     bool
+}
+
+// NewPolicy returns a policy at level ok.
+func NewPolicy(cfg PolicyConfig) *Policy {
+	if cfg.CriticalSamples < 1 {
+		cfg.CriticalSamples = 1
+	}
+	return &Policy{cfg: cfg, level: LevelOK}
+}
+
+// Config returns the thresholds.
+func (p *Policy) Config() PolicyConfig { return p.cfg }
+
+// Level returns the level of the last sample.
+func (p *Policy) Level() Level { return p.level }
+
+// Reset starts over for a new runner process.
+func (p *Policy) Reset() {
+	*p = Policy{cfg: p.cfg, level: LevelOK}
+}
+
+// Percent returns usage as a percentage of the budget.
+func (p *Policy) Percent(usage uint64) float64 {
+	if p.cfg.BudgetBytes == 0 {
+		return 0
+	}
+	return float64(usage) / float64(p.cfg.BudgetBytes) * 100
+}
+
+func (p *Policy) levelFor(pct float64) Level {
+	switch {
+	case pct >= p.cfg.KillPercent:
+		return LevelKill
+	case pct >= p.cfg.CriticalPercent:
+		return LevelCritical
+	case pct >= p.cfg.WarningPercent:
+		return LevelWarning
+	}
+	return LevelOK
+}
+
+// Observe takes one sample and returns what to do, in order.
+func (p *Policy) Observe(s Sample) []Action {
+	if p.killed {
+		return nil
+	}
+	usage := s.Usage()
+	pct := p.Percent(usage)
+	lvl := p.levelFor(pct)
+	act := func(kind ActionKind, reason string) Action {
+		return Action{Kind: kind, From: p.level, To: lvl, Reason: reason, UsageBytes: usage, Percent: pct}
+	}
+	var out []Action
+	if lvl != p.level {
+		out = append(out, act(ActionLevel, p.levelReason(pct, lvl)))
+	}
+	from := p.level
+	p.level = lvl
+	switch lvl {
+	case LevelKill:
+		p.killed = true
+		a := act(ActionKill, fmt.Sprintf("usage %.1f%% of the budget is at or above kill_percent %g", pct, p.cfg.KillPercent))
+		a.From = from
+		return append(out, a)
+	case LevelCritical:
+		if p.restarting {
+			return out
+		}
+		if p.gcAt.IsZero() {
+			if !p.lastGC.IsZero() && s.Time.Sub(p.lastGC) < p.cfg.GCCooldown {
+				// A GC asked for moments ago is still taking effect.
+				p.gcAt = p.lastGC
+				return out
+			}
+			p.gcAt, p.lastGC, p.afterGC = s.Time, s.Time, 0
+			return append(out, act(ActionGC, fmt.Sprintf("usage %.1f%% of the budget is at or above critical_percent %g", pct, p.cfg.CriticalPercent)))
+		}
+		if s.Time.Sub(p.gcAt) < p.cfg.GCCooldown {
+			return out
+		}
+		p.afterGC++
+		if p.afterGC >= p.cfg.CriticalSamples {
+			p.restarting = true
+			return append(out, act(ActionRestart, fmt.Sprintf(
+				"usage still %.1f%% of the budget, at or above critical_percent %g, for %d samples after a GC request",
+				pct, p.cfg.CriticalPercent, p.afterGC)))
+		}
+	default:
+		p.gcAt, p.afterGC = time.Time{}, 0
+	}
+	return out
+}
+
+func (p *Policy) levelReason(pct float64, to Level) string {
+	if to.rank() > p.level.rank() {
+		return fmt.Sprintf("usage %.1f%% of the budget reached %s_percent %g", pct, to, p.threshold(to))
+	}
+	return fmt.Sprintf("usage %.1f%% of the budget fell below %s_percent %g", pct, p.level, p.threshold(p.level))
+}
+
+func (p *Policy) threshold(l Level) float64 {
+	switch l {
+	case LevelWarning:
+		return p.cfg.WarningPercent
+	case LevelCritical:
+		return p.cfg.CriticalPercent
+	case LevelKill:
+		return p.cfg.KillPercent
+	}
+	return 0
+}
+
+// Unresponsive reports that the runner missed the deadline of call; the
+// answer is a kill. It returns nothing if a kill was already asked for.
+func (p *Policy) Unresponsive(call string, timeout time.Duration) []Action {
+	if p.killed {
+		return nil
+	}
+	p.killed = true
+	return []Action{{
+		Kind: ActionKill, From: p.level, To: p.level,
+		Reason: fmt.Sprintf("runner did not answer %s within %s", call, timeout),
+	}}
+}

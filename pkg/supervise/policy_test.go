@@ -1,0 +1,258 @@
+package supervise_test
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/memvisor/memvisor/pkg/job"
+	"github.com/memvisor/memvisor/pkg/supervise"
+)
+
+// step is one sample at a time after t0, and the actions it must give,
+// written "level:ok>warning", "gc", "restart" or "kill".
+type step struct {
+	at        time.Duration
+	rss, heap uint64
+	want      []string
+}
+
+func describe(acts []supervise.Action) []string {
+	var out []string
+	for _, a := range acts {
+		switch a.Kind {
+		case supervise.ActionLevel:
+			out = append(out, fmt.Sprintf("level:%s>%s", a.From, a.To))
+		default:
+			out = append(out, string(a.Kind))
+		}
+	}
+	return out
+}
+
+var t0 = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func TestPolicy(t *testing.T) {
+	cfg := supervise.PolicyConfig{
+		BudgetBytes: 1000, WarningPercent: 75, CriticalPercent: 85, KillPercent: 95,
+		CriticalSamples: 3, GCCooldown: time.Second,
+	}
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		steps []step
+	}{
+		{"quiet", []step{
+			{0, 100, 50, nil}, {250 * ms, 740, 0, nil}, {500 * ms, 0, 0, nil},
+		}},
+		{"warning and back", []step{
+			{0, 700, 0, nil},
+			{250 * ms, 750, 0, []string{"level:ok>warning"}},
+			{500 * ms, 800, 0, nil},
+			{750 * ms, 749, 0, []string{"level:warning>ok"}},
+		}},
+		{"spike cured by one GC", []step{
+			{0, 700, 0, nil},
+			{250 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
+			{500 * ms, 900, 0, nil}, // cooling down
+			{750 * ms, 400, 0, []string{"level:critical>ok"}},
+			{1000 * ms, 400, 0, nil},
+			{5000 * ms, 400, 0, nil},
+		}},
+		{"leak: GC does not help, restart after cooldown and K samples", []step{
+			{0, 860, 0, []string{"level:ok>critical", "gc"}},
+			{250 * ms, 870, 0, nil},
+			{500 * ms, 880, 0, nil},
+			{750 * ms, 890, 0, nil},
+			{1000 * ms, 900, 0, nil}, // first sample after the cooldown: 1
+			{1250 * ms, 910, 0, nil}, // 2
+			{1500 * ms, 920, 0, []string{"restart"}},
+			{1750 * ms, 930, 0, nil}, // draining: no second restart
+			{2000 * ms, 940, 0, nil},
+			{2250 * ms, 950, 0, []string{"level:critical>kill", "kill"}}, // a draining runner that keeps growing
+			{2500 * ms, 990, 0, nil},                                     // killed: nothing more until Reset
+		}},
+		{"critical samples must be consecutive", []step{
+			{0, 900, 0, []string{"level:ok>critical", "gc"}},
+			{1000 * ms, 900, 0, nil}, // 1
+			{1250 * ms, 900, 0, nil}, // 2
+			{1500 * ms, 800, 0, []string{"level:critical>warning"}},
+			{1750 * ms, 900, 0, []string{"level:warning>critical", "gc"}}, // the last GC was 1.75s ago: a new episode
+			{2000 * ms, 900, 0, nil},
+			{2750 * ms, 900, 0, nil}, // 1
+			{3000 * ms, 900, 0, nil}, // 2
+			{3250 * ms, 900, 0, []string{"restart"}},
+		}},
+		{"re-entering critical within the cooldown asks no second GC", []step{
+			{0, 900, 0, []string{"level:ok>critical", "gc"}},
+			{250 * ms, 500, 0, []string{"level:critical>ok"}},
+			{500 * ms, 900, 0, []string{"level:ok>critical"}},
+			{750 * ms, 900, 0, nil},
+			{1000 * ms, 900, 0, nil}, // 1
+			{1250 * ms, 900, 0, nil}, // 2
+			{1500 * ms, 900, 0, []string{"restart"}},
+		}},
+		{"re-entering critical after the cooldown asks GC again", []step{
+			{0, 900, 0, []string{"level:ok>critical", "gc"}},
+			{250 * ms, 500, 0, []string{"level:critical>ok"}},
+			{3000 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
+		}},
+		{"straight to the ceiling", []step{
+			{0, 100, 0, nil},
+			{250 * ms, 950, 0, []string{"level:ok>kill", "kill"}},
+			{500 * ms, 100, 0, nil},
+		}},
+		{"the heap counts when it is larger than RSS", []step{
+			{0, 100, 760, []string{"level:ok>warning"}},
+			{250 * ms, 100, 860, []string{"level:warning>critical", "gc"}},
+		}},
+		{"no GC cooldown", []step{
+			{0, 900, 0, []string{"level:ok>critical", "gc"}},
+			{1, 900, 0, nil},
+			{2, 900, 0, nil},
+			{3, 900, 0, []string{"restart"}},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := cfg
+			if tc.name == "no GC cooldown" {
+				c.GCCooldown = 0
+			}
+			p := supervise.NewPolicy(c)
+			for i, s := range tc.steps {
+				got := describe(p.Observe(supervise.Sample{Time: t0.Add(s.at), RSSBytes: s.rss, HeapBytes: s.heap}))
+				if !reflect.DeepEqual(got, s.want) {
+					t.Fatalf("step %d (t=%v rss=%d heap=%d): got %q, want %q", i, s.at, s.rss, s.heap, got, s.want)
+				}
+			}
+		})
+	}
+}
+
+func TestPolicyReasonsAndFigures(t *testing.T) {
+	p := supervise.NewPolicy(supervise.NewPolicyConfig(job.DefaultMemory(), 1<<30))
+	acts := p.Observe(supervise.Sample{Time: t0, RSSBytes: 900 << 20})
+	if len(acts) != 2 {
+		t.Fatalf("got %d actions, want level and gc", len(acts))
+	}
+	gc := acts[1]
+	if gc.Kind != supervise.ActionGC || gc.UsageBytes != 900<<20 || gc.Percent < 87.8 || gc.Percent > 87.9 {
+		t.Errorf("gc action: got %+v", gc)
+	}
+	if want := "usage 87.9% of the budget is at or above critical_percent 85"; gc.Reason != want {
+		t.Errorf("gc reason: got %q, want %q", gc.Reason, want)
+	}
+	if want := "usage 87.9% of the budget reached critical_percent 85"; acts[0].Reason != want {
+		t.Errorf("level reason: got %q, want %q", acts[0].Reason, want)
+	}
+	// Defaults: cooldown 1s, 4 samples.
+	var restart supervise.Action
+	for i := 1; i <= 8; i++ {
+		for _, a := range p.Observe(supervise.Sample{Time: t0.Add(time.Duration(i) * 250 * time.Millisecond), RSSBytes: 900 << 20}) {
+			if a.Kind == supervise.ActionRestart {
+				restart = a
+				if i != 7 {
+					t.Errorf("restart at sample %d, want 7 (cooldown 1s, then 4 samples)", i)
+				}
+			}
+		}
+	}
+	if !strings.Contains(restart.Reason, "for 4 samples after a GC request") {
+		t.Errorf("restart reason: got %q", restart.Reason)
+	}
+}
+
+func TestPolicyUnresponsiveAndReset(t *testing.T) {
+	p := supervise.NewPolicy(supervise.NewPolicyConfig(job.DefaultMemory(), 1000))
+	acts := p.Unresponsive("Stats", 5*time.Second)
+	if got := describe(acts); !reflect.DeepEqual(got, []string{"kill"}) {
+		t.Fatalf("Unresponsive: got %q, want a kill", got)
+	}
+	if want := "runner did not answer Stats within 5s"; acts[0].Reason != want {
+		t.Errorf("reason: got %q, want %q", acts[0].Reason, want)
+	}
+	if got := p.Unresponsive("GC", time.Second); got != nil {
+		t.Errorf("second Unresponsive: got %v, want nothing", got)
+	}
+	if got := p.Observe(supervise.Sample{Time: t0, RSSBytes: 990}); got != nil {
+		t.Errorf("after a kill: got %v, want nothing until Reset", describe(got))
+	}
+	p.Reset()
+	if p.Level() != supervise.LevelOK {
+		t.Errorf("level after Reset: %s", p.Level())
+	}
+	if got := describe(p.Observe(supervise.Sample{Time: t0, RSSBytes: 900})); !reflect.DeepEqual(got, []string{"level:ok>critical", "gc"}) {
+		t.Errorf("after Reset: got %q", got)
+	}
+}
+
+func TestGoMemLimitIsBelowWarning(t *testing.T) {
+	cfg := supervise.NewPolicyConfig(job.DefaultMemory(), 1000<<20)
+	got := supervise.GoMemLimit(cfg)
+	if want := int64(700 << 20); got != want {
+		t.Errorf("GoMemLimit: got %d, want %d (70%% of the budget)", got, want)
+	}
+	if uint64(got) >= cfg.Bytes(cfg.WarningPercent) {
+		t.Errorf("GoMemLimit %d is not below the warning level %d", got, cfg.Bytes(cfg.WarningPercent))
+	}
+}
+
+func TestRestartBudget(t *testing.T) {
+	none := supervise.BackoffConfig{Initial: 100 * time.Millisecond, Max: time.Second, Jitter: -1}
+	t.Run("crash loop spends it", func(t *testing.T) {
+		b := supervise.NewRestartBudget(3, time.Minute, none)
+		wantDelay := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond}
+		for i := range 3 {
+			d, n, ok := b.Restart(t0.Add(time.Duration(i)*time.Second), false)
+			if !ok || n != i+1 || d != wantDelay[i] {
+				t.Fatalf("restart %d: got delay %v count %d ok %v, want %v %d true", i, d, n, ok, wantDelay[i], i+1)
+			}
+		}
+		if _, n, ok := b.Restart(t0.Add(3*time.Second), false); ok || n != 4 {
+			t.Errorf("4th restart in the window: got count %d ok %v, want 4 false", n, ok)
+		}
+	})
+	t.Run("progress costs nothing and resets the backoff", func(t *testing.T) {
+		b := supervise.NewRestartBudget(1, time.Minute, none)
+		for i := range 50 {
+			if d, _, ok := b.Restart(t0.Add(time.Duration(i)*time.Second), true); !ok || d != 0 {
+				t.Fatalf("restart %d after progress: got delay %v ok %v, want 0 true", i, d, ok)
+			}
+		}
+		if d, n, ok := b.Restart(t0.Add(time.Minute), false); !ok || n != 1 || d != 100*time.Millisecond {
+			t.Errorf("first failure: got %v %d %v", d, n, ok)
+		}
+		if d, _, ok := b.Restart(t0.Add(time.Minute+time.Second), true); !ok || d != 0 {
+			t.Errorf("after progress: got %v %v", d, ok)
+		}
+		if d, _, ok := b.Restart(t0.Add(time.Minute+2*time.Second), false); ok {
+			t.Errorf("second failure in the window: got ok with delay %v, want the budget spent", d)
+		}
+	})
+	t.Run("failures age out of the window", func(t *testing.T) {
+		b := supervise.NewRestartBudget(2, 10*time.Second, none)
+		for i := range 10 {
+			if _, n, ok := b.Restart(t0.Add(time.Duration(i)*6*time.Second), false); !ok || n > 2 {
+				t.Fatalf("restart %d, 6s apart: got count %d ok %v", i, n, ok)
+			}
+		}
+	})
+	t.Run("max 0 allows no restart without progress", func(t *testing.T) {
+		b := supervise.NewRestartBudget(0, time.Minute, none)
+		if _, _, ok := b.Restart(t0, false); ok {
+			t.Error("got ok")
+		}
+	})
+	t.Run("backoff is capped", func(t *testing.T) {
+		b := supervise.NewRestartBudget(100, time.Hour, none)
+		var d time.Duration
+		for i := range 20 {
+			d, _, _ = b.Restart(t0.Add(time.Duration(i)*time.Second), false)
+		}
+		if d != time.Second {
+			t.Errorf("delay after 20 failures: got %v, want the 1s cap", d)
+		}
+	})
+}
