@@ -1,0 +1,35 @@
+package e2e_test
+
+import (
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestNodeClient runs examples/nextjs's `node --test` suite against a live
+// service on loopback, with a token.
+func TestNodeClient(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node is not installed")
+	}
+	const token = "node-test-token-5e1f"
+	p := startServe(t, t.TempDir(), "", 5*time.Millisecond, "MEMVISOR_TOKEN="+token)
+	dir, err := filepath.Abs("../../../examples/nextjs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(node, "--test", "--test-reporter=spec", "test/")
+	cmd.Dir = dir
+	cmd.Env = append(cmd.Environ(), "MEMVISOR_URL="+p.base, "MEMVISOR_TOKEN="+token)
+	out, err := cmd.CombinedOutput()
+	t.Logf("node --test:\n%s", out)
+	if err != nil {
+		t.Fatalf("node --test: %v", err)
+	}
+	if err := p.stop(syscall.SIGTERM, 20*time.Second); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+}
