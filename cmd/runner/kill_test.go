@@ -183,7 +183,7 @@ func TestSIGKILLAtRandomInstants(t *testing.T) {
 	src := writeSource(t, dir, 50000, 42)
 	// slow_batch stretches the run so that kills land in every phase:
 	// prefetch, reading, writing, syncing and committing.
-	jobPath := writeJob(t, dir, "inject: {slow_batch: 15ms}\n")
+	jobPath := writeJob(t, dir, "inject: {slow_batch: 30ms}\n")
 	r := rand.New(rand.NewPCG(7, 7))
 	kills := 0
 	for attempt := 0; attempt < 200; attempt++ {
@@ -195,7 +195,7 @@ func TestSIGKILLAtRandomInstants(t *testing.T) {
 		}
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
-		delay := time.Duration(5+r.IntN(400)) * time.Millisecond
+		delay := time.Duration(5+r.IntN(300)) * time.Millisecond
 		if kills >= 25 {
 			delay = 2 * time.Minute // enough kills: let it finish
 		}

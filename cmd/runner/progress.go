@@ -38,7 +38,7 @@ func newProgress(w io.Writer, tty bool, interval time.Duration, log zerolog.Logg
 	return p
 }
 
-func (p *progress) update(st plugin.State, pr plugin.Progress) {
+func (p *progress) update(st plugin.State, pr plugin.Progress, cacheBytes int64) {
 	if p.bar != nil {
 		if pr.TotalKnown && p.bar.GetMax64() != pr.Total {
 			p.bar.ChangeMax64(pr.Total)
@@ -48,7 +48,7 @@ func (p *progress) update(st plugin.State, pr plugin.Progress) {
 		return
 	}
 	now := time.Now()
-	if now.Sub(p.last) < p.interval {
+	if now.Sub(p.last) < p.interval && !st.Finished() {
 		return
 	}
 	p.last = now
@@ -56,7 +56,8 @@ func (p *progress) update(st plugin.State, pr plugin.Progress) {
 		Int64("processed", pr.Processed).Int64("created", pr.Created).Int64("updated", pr.Updated).
 		Int64("skipped", pr.Skipped).Int64("failed", pr.Failed).
 		Float64("itemsPerSec", float64(int64(pr.ItemsPerSec))).
-		Float64("rssMB", memstat.MB(memstat.RSS()))
+		Float64("rssMB", memstat.MB(memstat.RSS())).
+		Float64("cacheMB", memstat.MB(uint64(cacheBytes)))
 	if pr.TotalKnown && pr.Total > 0 {
 		ev.Int64("total", pr.Total).Float64("percent", float64(pr.Processed*1000/pr.Total)/10)
 		if pr.ItemsPerSec > 0 {

@@ -91,7 +91,7 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		select {
 		case <-h.Done():
 			st, p := h.Snapshot()
-			prog.update(st, p)
+			prog.update(st, p, h.CacheBytes())
 			prog.stop()
 			res, err := h.Wait(context.Background())
 			if err != nil {
@@ -115,7 +115,7 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			ctx = context.Background()
 		case <-tick.C:
 			st, p := h.Snapshot()
-			prog.update(st, p)
+			prog.update(st, p, h.CacheBytes())
 		}
 	}
 }

@@ -423,37 +423,67 @@ func (b *Batcher) loadSnapshot(s *checkpoint.Snapshot) (*slimcache.Cache, *slimc
 	return c, e, nil
 }
 
-// loop runs batches from the checkpoint's cursor.
+// loop runs batches from the checkpoint's cursor. The next page is read
+// from the source while the current batch commits; nothing of it is
+// written before the commit is durable.
 func (b *Batcher) loop(ctx context.Context) (Result, error) {
 	b.setPhase("running")
 	cur := b.cp.Source
-	limit := b.o.Spec.MaxItems
+	page := b.readAhead(ctx, cur)
 	for {
 		if s := b.stopRequested(); s != "" {
+			<-page
 			return b.stopWith(s)
 		}
-		n := b.o.Spec.BatchSize
-		if limit > 0 {
-			n = int(min(int64(n), limit-cur.Index))
-		}
-		if n <= 0 {
+		r := <-page
+		if r.end {
 			return b.finish(cur)
 		}
-		recs, next, err := b.o.Source.Read(ctx, cur, n)
-		if errors.Is(err, io.EOF) && len(recs) == 0 {
-			return b.finish(cur)
+		if r.err != nil {
+			return Result{}, fmt.Errorf("read source at item %d: %w", cur.Index, r.err)
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return Result{}, fmt.Errorf("read source at item %d: %w", cur.Index, err)
-		}
-		if err := b.processBatch(ctx, recs); err != nil {
+		if err := b.processBatch(ctx, r.recs); err != nil {
 			return Result{}, err
 		}
-		if err := b.commit(ctx, next, false, nil); err != nil {
+		page = b.readAhead(ctx, r.next)
+		if err := b.commit(ctx, r.next, false, nil); err != nil {
+			<-page
 			return Result{}, err
 		}
-		cur = next
+		cur = r.next
 	}
+}
+
+type pageResult struct {
+	recs []connector.Record
+	next connector.Cursor
+	end  bool
+	err  error
+}
+
+// readAhead reads the page at cur in the background.
+func (b *Batcher) readAhead(ctx context.Context, cur connector.Cursor) <-chan pageResult {
+	ch := make(chan pageResult, 1)
+	n := b.o.Spec.BatchSize
+	if limit := b.o.Spec.MaxItems; limit > 0 {
+		n = int(min(int64(n), limit-cur.Index))
+	}
+	if n <= 0 {
+		ch <- pageResult{end: true}
+		return ch
+	}
+	go func() {
+		recs, next, err := b.o.Source.Read(ctx, cur, n)
+		switch {
+		case errors.Is(err, io.EOF) && len(recs) == 0:
+			ch <- pageResult{end: true}
+		case err != nil && !errors.Is(err, io.EOF):
+			ch <- pageResult{err: err}
+		default:
+			ch <- pageResult{recs: recs, next: next}
+		}
+	}()
+	return ch
 }
 
 func (b *Batcher) finish(cur connector.Cursor) (Result, error) {
@@ -505,17 +535,63 @@ func (b *Batcher) writeSnapshot() (*checkpoint.Snapshot, error) {
 }
 
 // commit makes the batch durable: target writes, failures, then the
-// checkpoint. Only then may the next batch start.
+// checkpoint. Only then may the next batch start. When the target can
+// flush and sync separately, the checkpoint's temporary file is written
+// and fsynced while the target's fsync runs; it is renamed into place only
+// after both are done, so the order the invariant needs is kept.
 func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, snap *checkpoint.Snapshot) error {
-	mark, err := b.o.Target.Sync(ctx)
-	if err != nil {
-		return fmt.Errorf("sync target before checkpoint: %w", err)
-	}
 	fsize, err := b.fails.Sync()
 	if err != nil {
 		return err
 	}
+	var pending *checkpoint.Pending
+	if fl, ok := b.o.Target.(connector.Flusher); ok {
+		mark, err := fl.Flush(ctx)
+		if err != nil {
+			return fmt.Errorf("write target before checkpoint: %w", err)
+		}
+		cp := b.nextCheckpoint(next, mark, fsize, done, snap)
+		var serr error
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var synced connector.Mark
+			synced, serr = b.o.Target.Sync(ctx)
+			if serr == nil && synced != mark {
+				serr = fmt.Errorf("target moved from %d to %d during the commit", mark, synced)
+			}
+		}()
+		pending, err = checkpoint.Prepare(b.o.Dir, cp)
+		wg.Wait()
+		if serr != nil || err != nil {
+			if pending != nil {
+				pending.Abort()
+			}
+			if serr != nil {
+				return fmt.Errorf("sync target before checkpoint: %w", serr)
+			}
+			return err
+		}
+		if err := pending.Commit(); err != nil {
+			return err
+		}
+		return b.committed(cp)
+	}
+	mark, err := b.o.Target.Sync(ctx)
+	if err != nil {
+		return fmt.Errorf("sync target before checkpoint: %w", err)
+	}
+	cp := b.nextCheckpoint(next, mark, fsize, done, snap)
+	if err := checkpoint.Save(b.o.Dir, cp); err != nil {
+		return err
+	}
+	return b.committed(cp)
+}
+
+func (b *Batcher) nextCheckpoint(next connector.Cursor, mark connector.Mark, fsize int64, done bool, snap *checkpoint.Snapshot) checkpoint.Checkpoint {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	cp := b.cp
 	if next != cp.Source || done {
 		// A commit that moves nothing (a drain right after a batch) keeps
@@ -534,10 +610,11 @@ func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, 
 		// mark are replayed from the target.
 		cp.Snapshot = snap
 	}
-	b.mu.Unlock()
-	if err := checkpoint.Save(b.o.Dir, cp); err != nil {
-		return err
-	}
+	return cp
+}
+
+// committed records a checkpoint that is now durable.
+func (b *Batcher) committed(cp checkpoint.Checkpoint) error {
 	old := b.cp.Snapshot
 	b.mu.Lock()
 	b.cp = cp

@@ -209,6 +209,17 @@ func (b *Batcher) execute(ctx context.Context, tasks []task) error {
 		b.executeDry(ctx, tasks)
 		return nil
 	}
+	if sq, ok := b.o.Target.(connector.Sequential); ok && sq.SequentialWrites() {
+		for i := range tasks {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if t := &tasks[i]; t.op == opCreate || t.op == opUpdate {
+				b.write(ctx, t)
+			}
+		}
+		return ctx.Err()
+	}
 	sem := make(chan struct{}, b.o.Spec.Concurrency)
 	var wg sync.WaitGroup
 	for i := range tasks {

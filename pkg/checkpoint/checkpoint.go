@@ -106,21 +106,49 @@ func Path(dir string) string { return filepath.Join(dir, FileName) }
 
 // Save commits cp durably to dir.
 func Save(dir string, cp Checkpoint) error {
+	p, err := Prepare(dir, cp)
+	if err != nil {
+		return err
+	}
+	return p.Commit()
+}
+
+// Pending is a checkpoint written and fsynced to a temporary file, not yet
+// in place. The runner prepares it while the target's writes reach the
+// disk, and commits it only after they have.
+type Pending struct {
+	p *atomicfile.Pending
+}
+
+// Prepare writes cp to a temporary file in dir and fsyncs it.
+func Prepare(dir string, cp Checkpoint) (*Pending, error) {
 	body, err := json.Marshal(cp)
 	if err != nil {
-		return fmt.Errorf("encode checkpoint: %w", err)
+		return nil, fmt.Errorf("encode checkpoint: %w", err)
 	}
 	sum := sha256.Sum256(body)
 	data, err := json.MarshalIndent(envelope{Format: format, Version: version, SHA256: hex.EncodeToString(sum[:]), Body: body}, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encode checkpoint: %w", err)
+		return nil, fmt.Errorf("encode checkpoint: %w", err)
 	}
 	data = append(data, '\n')
-	if err := atomicfile.WriteBytes(Path(dir), 0o644, data); err != nil {
+	p, err := atomicfile.Prepare(Path(dir), 0o644, data)
+	if err != nil {
+		return nil, fmt.Errorf("write checkpoint: %w", err)
+	}
+	return &Pending{p: p}, nil
+}
+
+// Commit renames the checkpoint into place and fsyncs the directory.
+func (p *Pending) Commit() error {
+	if err := p.p.Commit(); err != nil {
 		return fmt.Errorf("commit checkpoint: %w", err)
 	}
 	return nil
 }
+
+// Abort removes the temporary file.
+func (p *Pending) Abort() { p.p.Abort() }
 
 // Load reads the checkpoint in dir. It returns ErrNotExist when there is
 // none, and a *CorruptError when there is one that cannot be trusted.

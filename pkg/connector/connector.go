@@ -162,3 +162,18 @@ type MatchFinder interface {
 	// slimcache.Normalize, equals key.
 	FindByMatch(ctx context.Context, field, key string) (id int64, found bool, err error)
 }
+
+// Flusher is implemented by targets whose Sync does two things: hand the
+// buffered writes to the OS, then wait for the disk. Flush does the first
+// and returns the Mark after the writes, so the runner can prepare the
+// checkpoint while Sync waits for the disk.
+type Flusher interface {
+	Flush(ctx context.Context) (Mark, error)
+}
+
+// Sequential is implemented by targets whose writes are serialized anyway
+// (a file): the runner then writes from one goroutine, in order, and
+// saves the cost of concurrency that cannot help.
+type Sequential interface {
+	SequentialWrites() bool
+}

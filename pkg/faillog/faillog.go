@@ -41,12 +41,13 @@ type Entry struct {
 
 // Writer appends entries. It is not safe for concurrent use.
 type Writer struct {
-	path string
-	f    *os.File
-	w    *bufio.Writer
-	size int64
-	enc  *json.Encoder
-	buf  bytes.Buffer
+	dirty bool
+	path  string
+	f     *os.File
+	w     *bufio.Writer
+	size  int64
+	enc   *json.Encoder
+	buf   bytes.Buffer
 }
 
 // Open opens path for appending, first cutting it to size bytes: entries
@@ -93,20 +94,26 @@ func (w *Writer) Append(e Entry) error {
 	}
 	n, err := w.w.Write(w.buf.Bytes())
 	w.size += int64(n)
+	w.dirty = true
 	if err != nil {
 		return fmt.Errorf("write failures log %s: %w", w.path, err)
 	}
 	return nil
 }
 
-// Sync makes every entry durable and returns the file's size.
+// Sync makes every entry durable and returns the file's size. Without new
+// entries since the last Sync it costs nothing.
 func (w *Writer) Sync() (int64, error) {
+	if !w.dirty {
+		return w.size, nil
+	}
 	if err := w.w.Flush(); err != nil {
 		return 0, fmt.Errorf("write failures log %s: %w", w.path, err)
 	}
 	if err := w.f.Sync(); err != nil {
 		return 0, fmt.Errorf("fsync failures log %s: %w", w.path, err)
 	}
+	w.dirty = false
 	return w.size, nil
 }
 

@@ -443,6 +443,18 @@ func (h *Host) Snapshot() (plugin.State, plugin.Progress) {
 	return h.state, h.progressLocked()
 }
 
+// CacheBytes returns the match cache's estimated size.
+func (h *Host) CacheBytes() int64 {
+	h.mu.Lock()
+	b := h.b
+	h.mu.Unlock()
+	if b == nil {
+		return 0
+	}
+	_, n := b.CacheStats()
+	return n
+}
+
 // Close aborts a job still running (without committing the batch in
 // flight) and waits for the host's goroutines.
 func (h *Host) Close() error {

@@ -45,7 +45,11 @@ type Target struct {
 
 type idOffset struct{ id, off int64 }
 
-var _ connector.Target = (*Target)(nil)
+var (
+	_ connector.Target     = (*Target)(nil)
+	_ connector.Flusher    = (*Target)(nil)
+	_ connector.Sequential = (*Target)(nil)
+)
 
 // OpenTarget opens or creates a JSONL target, repairing a torn last line.
 func OpenTarget(path string, log zerolog.Logger) (*Target, error) {
@@ -260,6 +264,19 @@ func (t *Target) appendLocked(id int64, externalID string, f connector.Fields) e
 	}
 	t.size += int64(n)
 	return nil
+}
+
+// SequentialWrites reports true: writes to one file are serialized.
+func (t *Target) SequentialWrites() bool { return true }
+
+// Flush hands buffered writes to the OS and returns the file size.
+func (t *Target) Flush(context.Context) (connector.Mark, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.flushLocked(); err != nil {
+		return 0, err
+	}
+	return connector.Mark(t.size), nil
 }
 
 // Sync flushes and fsyncs every write so far and returns the file size.
