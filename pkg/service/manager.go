@@ -96,6 +96,8 @@ type activeJob struct {
 	intent intent
 	log    zerolog.Logger
 	level  Level
+	// quiet: the Supervisor logs its memory events itself.
+	quiet bool
 }
 
 func newManager(cfg Config, reg *registry.DB, factory Factory, log zerolog.Logger, now func() time.Time, m *metrics) *Manager {
@@ -380,6 +382,9 @@ func (m *Manager) startLocked(rec registry.Record) {
 	}
 	ctx, cancel := context.WithCancel(m.ctx)
 	aj.sup, aj.cancel = sup, cancel
+	if q, ok := sup.(interface{ logsMemoryEvents() bool }); ok {
+		aj.quiet = q.logsMemoryEvents()
+	}
 	m.active[rec.ID] = aj
 	log.Info().Int("run", updated.Runs).Bool("retry_failed", updated.RetryFailed).Msg("job started")
 	m.publishViewLocked(rec.ID, EventStatus)
@@ -471,13 +476,14 @@ func (m *Manager) onEvent(aj *activeJob, h *hub, ev Event) {
 	if ev.Time.IsZero() {
 		ev.Time = m.now()
 	}
-	switch ev.Kind {
-	case EventLevel:
+	switch {
+	case aj.quiet:
+	case ev.Kind == EventLevel:
 		memLine(aj.log.Warn(), ev, "level "+string(ev.Level)).Str("from", string(aj.level)).Str("level", string(ev.Level)).Msg("memory level changed")
 		aj.level = ev.Level
-	case EventGC:
+	case ev.Kind == EventGC:
 		memLine(aj.log.Warn(), ev, "gc request").Msg("asked the runner for GC")
-	case EventRestart:
+	case ev.Kind == EventRestart:
 		memLine(aj.log.Warn(), ev, "restart "+ev.RestartKind).Str("kind", ev.RestartKind).Msg("runner restarted")
 	}
 	h.publish(aj.id, ev)

@@ -47,8 +47,8 @@ func WithLogger(l zerolog.Logger) Option { return func(o *options) { o.log = l }
 // WithClock sets the clock that stamps jobs.
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
-// WithFactory sets how a job's Supervisor is built. Serve fails without
-// one; cmd/supervisor passes the pkg/supervise adapter.
+// WithFactory sets how a job's Supervisor is built. The default is
+// SuperviseFactory with cfg.RunnerPath, or DefaultRunnerPath.
 func WithFactory(f Factory) Option { return func(o *options) { o.factory = f } }
 
 // WithListener serves on l instead of listening on cfg.Listen.
@@ -78,9 +78,6 @@ func WithTick(d time.Duration) Option { return func(o *options) { o.tick = d } }
 // the OpenAPI document.
 func OnRoutes(fn func([]Route)) Option { return func(o *options) { o.onRoutes = fn } }
 
-// ErrNoFactory is returned by Serve without WithFactory.
-var ErrNoFactory = errors.New("no supervisor factory: pass WithFactory")
-
 // Serve runs the service until ctx is cancelled, then drains the running
 // jobs (at most cfg.ShutdownTimeout) and returns. It returns an error if it
 // cannot start: a bad config, a registry that another process holds, an
@@ -90,9 +87,6 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 	for _, fn := range opts {
 		fn(&o)
 	}
-	if o.factory == nil {
-		return ErrNoFactory
-	}
 	if o.notify == nil {
 		o.notify = SystemdNotifier()
 	}
@@ -100,6 +94,20 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 		return err
 	}
 	log := o.log
+	if o.factory == nil {
+		runner := cfg.RunnerPath
+		if runner == "" {
+			p, err := DefaultRunnerPath()
+			if err != nil {
+				return err
+			}
+			runner = p
+		}
+		if _, err := os.Stat(runner); err != nil {
+			return fmt.Errorf("runner_path: %w (build it with make build, or set runner_path)", err)
+		}
+		o.factory = SuperviseFactory(runner)
+	}
 	if err := os.MkdirAll(cfg.jobsDir(), 0o750); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
