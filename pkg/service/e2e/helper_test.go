@@ -22,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
+	"github.com/memvisor/memvisor/internal/testbin"
 	"github.com/memvisor/memvisor/pkg/service"
 	"github.com/memvisor/memvisor/pkg/service/servicetest"
 )
@@ -31,13 +32,19 @@ import (
 const (
 	envHelper = "MEMVISOR_E2E_SERVE"
 	envTick   = "MEMVISOR_E2E_TICK"
+	// envReal makes the helper use the real supervisor and runner
+	// (runner_path in the config) instead of the simulation.
+	envReal = "MEMVISOR_E2E_REAL"
 )
 
 func TestMain(m *testing.M) {
 	if cfgPath := os.Getenv(envHelper); cfgPath != "" {
 		os.Exit(serveMain(cfgPath))
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		testbin.Cleanup()
+		os.Exit(code)
+	}))
 }
 
 // serveMain is what `supervisor serve --config FILE` does, with the
@@ -52,11 +59,11 @@ func serveMain(cfgPath string) int {
 	tick, _ := time.ParseDuration(os.Getenv(envTick))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	err = service.Serve(ctx, cfg,
-		service.WithLogger(log),
-		service.WithFactory(servicetest.Factory(servicetest.Options{Tick: tick})),
-		service.WithTick(100*time.Millisecond),
-	)
+	opts := []service.Option{service.WithLogger(log), service.WithTick(100 * time.Millisecond)}
+	if os.Getenv(envReal) == "" {
+		opts = append(opts, service.WithFactory(servicetest.Factory(servicetest.Options{Tick: tick})))
+	}
+	err = service.Serve(ctx, cfg, opts...)
 	if err != nil {
 		log.Error().Err(err).Msg("serve")
 		return 1

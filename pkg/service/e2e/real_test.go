@@ -1,0 +1,102 @@
+package e2e_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/memvisor/memvisor/internal/testbin"
+)
+
+// TestServeRestartResumesRealJobExactlyOnce runs a real job (the real
+// supervisor and runner processes) under serve, stops serve twice while
+// the job runs, once with SIGTERM (a drain) and once with SIGKILL (the
+// runner is orphaned and reaped by the next start), and checks that the
+// job resumes each time and that the target holds every item exactly once.
+func TestServeRestartResumesRealJobExactlyOnce(t *testing.T) {
+	runner := testbin.Path(t, "runner")
+	state := t.TempDir()
+	target := filepath.Join(t.TempDir(), "target.jsonl")
+	const count = 6000
+	extra := fmt.Sprintf("runner_path: %s\n", runner)
+	spec := map[string]any{
+		"id":         "real",
+		"source":     map[string]any{"type": "synthetic", "count": count, "seed": 11},
+		"target":     map[string]any{"type": "jsonl", "path": target},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 100,
+		"memory":     map[string]any{"limit": "512MiB"},
+		"inject":     map[string]any{"slow_batch": "40ms"},
+	}
+	p := startServe(t, state, extra, 0, envReal+"=1")
+	if code, body := p.do("POST", "/v1/jobs", spec); code != 201 {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	progressed := func(min int64) func(jobView) bool {
+		return func(v jobView) bool {
+			if v.Status == "failed" || v.Status == "completed" {
+				return true
+			}
+			return v.Status == "running" && v.Progress.Processed >= min
+		}
+	}
+	v := p.wait("real", 60*time.Second, progressed(500))
+	if v.Status != "running" {
+		t.Fatalf("before the first stop: %+v\n%s", v, p.stderr.String())
+	}
+	if err := p.stop(syscall.SIGTERM, 60*time.Second); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, p.stderr.String())
+	}
+
+	p2 := startServe(t, state, extra, 0, envReal+"=1")
+	v = p2.wait("real", 60*time.Second, progressed(v.Progress.Processed+500))
+	if v.Status != "running" || v.Runs != 2 {
+		t.Fatalf("after the SIGTERM restart: %+v, want running in its 2nd run\n%s", v, p2.stderr.String())
+	}
+	if err := p2.stop(syscall.SIGKILL, 10*time.Second); err == nil {
+		t.Fatal("SIGKILL: the process exited cleanly")
+	}
+
+	p3 := startServe(t, state, extra, 0, envReal+"=1")
+	v = p3.wait("real", 120*time.Second, func(v jobView) bool { return v.Status != "running" && v.Status != "queued" })
+	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 3 {
+		t.Fatalf("after the SIGKILL restart: %+v, want completed, %d processed, 3 runs\n%s", v, count, p3.stderr.String())
+	}
+	// Every source item exactly once in the target.
+	f, err := os.Open(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	seen := map[string]int{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var line struct {
+			ExternalID string `json:"external_id"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			t.Fatalf("target line %q: %v", sc.Text(), err)
+		}
+		if line.ExternalID != "" {
+			seen[line.ExternalID]++
+		}
+	}
+	dups := 0
+	for _, n := range seen {
+		if n > 1 {
+			dups++
+		}
+	}
+	if len(seen) != count || dups != 0 {
+		t.Errorf("target holds %d distinct items (%d duplicated), want %d exactly once", len(seen), dups, count)
+	}
+	if err := p3.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+		t.Errorf("final stop: %v", err)
+	}
+}
