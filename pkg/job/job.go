@@ -156,6 +156,11 @@ func Parse(r io.Reader) (Spec, error) {
 	}
 	s := Default()
 	if err := yaml.UnmarshalStrict(data, &s, disallowUnknown); err != nil {
+		if js, jerr := yaml.YAMLToJSON(data); jerr == nil {
+			if field := locateUnitError(js); field != "" {
+				return Spec{}, fmt.Errorf("decode job file: %s: %w", field, cleanDecodeError(err))
+			}
+		}
 		return Spec{}, fmt.Errorf("decode job file: %w", cleanDecodeError(err))
 	}
 	s.ExpandEnv(os.Getenv)
@@ -171,7 +176,10 @@ func ParseJSON(data []byte) (Spec, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
-		return Spec{}, fmt.Errorf("decode job: %w", err)
+		if field := locateUnitError(data); field != "" {
+			return Spec{}, fmt.Errorf("decode job: %s: %w", field, cleanDecodeError(err))
+		}
+		return Spec{}, fmt.Errorf("decode job: %w", cleanDecodeError(err))
 	}
 	if dec.More() {
 		return Spec{}, errors.New("decode job: trailing data after the JSON object")
@@ -205,6 +213,52 @@ const maxSpecBytes = 1 << 20
 func disallowUnknown(d *json.Decoder) *json.Decoder {
 	d.DisallowUnknownFields()
 	return d
+}
+
+// unitFields are the fields whose values are sizes or durations. Their
+// decoders cannot know their own names, so a bad value is located here.
+var unitFields = []struct {
+	path []string
+	kind any
+}{
+	{[]string{"memory", "limit"}, new(ByteSize)},
+	{[]string{"inject", "leak_bytes_per_item"}, new(ByteSize)},
+	{[]string{"inject", "spike_bytes"}, new(ByteSize)},
+	{[]string{"memory", "sample_interval"}, new(Duration)},
+	{[]string{"memory", "gc_cooldown"}, new(Duration)},
+	{[]string{"memory", "rpc_timeout"}, new(Duration)},
+	{[]string{"memory", "drain_timeout"}, new(Duration)},
+	{[]string{"memory", "restart_budget", "window"}, new(Duration)},
+	{[]string{"inject", "slow_drain"}, new(Duration)},
+	{[]string{"inject", "slow_batch"}, new(Duration)},
+}
+
+// locateUnitError returns the name of the first size or duration field in
+// the JSON document that does not decode, or "".
+func locateUnitError(doc []byte) string {
+	var root map[string]any
+	if json.Unmarshal(doc, &root) != nil {
+		return ""
+	}
+	for _, f := range unitFields {
+		var v any = root
+		for _, k := range f.path {
+			m, ok := v.(map[string]any)
+			if !ok {
+				v = nil
+				break
+			}
+			v = m[k]
+		}
+		if v == nil {
+			continue
+		}
+		raw, _ := json.Marshal(v)
+		if json.Unmarshal(raw, f.kind) != nil {
+			return strings.Join(f.path, ".")
+		}
+	}
+	return ""
 }
 
 // cleanDecodeError turns the decoder's messages into ones that name the
