@@ -80,6 +80,7 @@ func TestBadInput(t *testing.T) {
 		{"unknown field", spec(t, "u", 10, map[string]any{"bogus": 1}), http.StatusBadRequest, []string{"bogus"}},
 		{"bad values", spec(t, "b", 10, map[string]any{"batch_size": 0, "mode": "sideways"}), http.StatusBadRequest, []string{"mode", "batch_size"}},
 		{"wrong type", spec(t, "w", 10, map[string]any{"batch_size": "many"}), http.StatusBadRequest, []string{"batch_size"}},
+		{"bad size", spec(t, "s", 10, map[string]any{"memory": map[string]any{"limit": "lots"}}), http.StatusBadRequest, []string{"memory.limit"}},
 		{"bad memory", spec(t, "m", 10, map[string]any{"memory": map[string]any{"warning_percent": 101}}), http.StatusBadRequest, []string{"memory.warning_percent"}},
 		{"env in path", map[string]any{"id": "e", "source": map[string]any{"type": "jsonl", "path": "$HOME/x"}, "target": map[string]any{"type": "jsonl", "path": "/tmp/y"}},
 			http.StatusBadRequest, []string{"source.path"}},

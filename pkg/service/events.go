@@ -58,7 +58,16 @@ type hub struct {
 	histAt  int
 	markers []marker
 	closed  bool
+	// Progress events are sent at most every progressEvery; the latest
+	// one held back goes out with the next event of any kind.
+	lastProgress time.Time
+	pending      *Event
 }
+
+// progressEvery bounds the rate of progress events: a runner commits a
+// batch every few milliseconds, and a client draws at most a few frames a
+// second.
+const progressEvery = 250 * time.Millisecond
 
 type subscriber struct {
 	ch chan []byte
@@ -111,6 +120,29 @@ func (h *hub) historyLocked() []memPoint {
 // whose buffer is full is dropped rather than waited for: its client
 // reconnects and starts again from a snapshot.
 func (h *hub) publish(id string, ev Event) {
+	h.mu.Lock()
+	if ev.Kind == EventProgress {
+		if ev.Time.Sub(h.lastProgress) < progressEvery {
+			e := ev
+			h.pending = &e
+			h.mu.Unlock()
+			return
+		}
+		h.lastProgress, h.pending = ev.Time, nil
+	}
+	pending := h.pending
+	h.pending = nil
+	if pending != nil {
+		h.lastProgress = pending.Time
+	}
+	h.mu.Unlock()
+	if pending != nil {
+		h.publishNow(id, *pending)
+	}
+	h.publishNow(id, ev)
+}
+
+func (h *hub) publishNow(id string, ev Event) {
 	d := eventData{Time: ev.Time, Job: id, Memory: ev.Memory, Level: ev.Level, RestartKind: ev.RestartKind, Reason: ev.Reason}
 	if ev.Progress != nil {
 		pv, tv := progressViews(*ev.Progress)

@@ -74,6 +74,8 @@ type Manager struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	specs specViews
+
 	mu      sync.Mutex
 	closing bool
 	active  map[string]*activeJob
@@ -170,7 +172,11 @@ func (m *Manager) Submit(body []byte) (registry.Record, error) {
 	return m.reg.Get(rec.ID)
 }
 
-var unknownField = regexp.MustCompile(`unknown field "([^"]*)"`)
+var (
+	unknownField = regexp.MustCompile(`unknown field "([^"]*)"`)
+	typeField    = regexp.MustCompile(`Go struct field \w+\.(\S+) of type`)
+	namedField   = regexp.MustCompile(`^([a-z_]+(\.[a-z_]+)*): `)
+)
 
 // prepare turns a request body into a spec: the service's memory defaults
 // fill what the body leaves out, the service chooses the state dir, an id
@@ -219,8 +225,11 @@ func (m *Manager) prepare(body []byte) (job.Spec, error) {
 			msg := strings.TrimPrefix(err.Error(), "decode job: ")
 			field := ""
 			if mm := unknownField.FindStringSubmatch(msg); mm != nil {
+				field, msg = mm[1], "unknown field"
+			} else if mm := typeField.FindStringSubmatch(msg); mm != nil {
 				field = mm[1]
-				msg = "unknown field"
+			} else if mm := namedField.FindStringSubmatch(msg); mm != nil {
+				field, msg = mm[1], strings.TrimPrefix(msg, mm[0])
 			}
 			return job.Spec{}, &InputError{Fields: job.Errors{{Field: field, Message: msg}}}
 		}
@@ -531,11 +540,15 @@ func (m *Manager) publishViewLocked(id string, kind EventKind) {
 		s := aj.sup.Snapshot()
 		live = &s
 	}
-	h.publishView(kind, viewOf(rec, live), m.now())
+	h.publishView(kind, m.viewOf(rec, live), m.now())
 	if kind == EventDone {
 		h.close()
 		delete(m.hubs, id)
 	}
+}
+
+func (m *Manager) viewOf(rec registry.Record, live *Snapshot) JobView {
+	return viewOf(m.specs.get(rec), rec, live)
 }
 
 // Get returns a job's view, live while it runs.
@@ -553,9 +566,9 @@ func (m *Manager) view(rec registry.Record) JobView {
 	m.mu.Unlock()
 	if ok && rec.Status == registry.StatusRunning {
 		s := aj.sup.Snapshot()
-		return viewOf(rec, &s)
+		return m.viewOf(rec, &s)
 	}
-	return viewOf(rec, nil)
+	return m.viewOf(rec, nil)
 }
 
 // List returns a page of jobs.
@@ -635,7 +648,7 @@ func (m *Manager) stop(ctx context.Context, id string, in intent) (JobView, erro
 		m.metrics.jobEvent(string(target))
 	}
 	m.publishViewLocked(id, kind)
-	return viewOf(rec, nil), nil
+	return m.viewOf(rec, nil), nil
 }
 
 // Resume queues a paused or failed job; it continues from its checkpoint.
@@ -710,6 +723,7 @@ func (m *Manager) removeLocked(rec registry.Record) error {
 	if err := m.reg.Delete(rec.ID); err != nil {
 		return err
 	}
+	m.specs.forget(rec)
 	if h, ok := m.hubs[rec.ID]; ok {
 		h.close()
 		delete(m.hubs, rec.ID)
@@ -789,7 +803,7 @@ func (m *Manager) subscribe(id string) (*hub, *subscriber, []byte, bool, error) 
 		s := aj.sup.Snapshot()
 		live = &s
 	}
-	v := viewOf(rec, live)
+	v := m.viewOf(rec, live)
 	finished := rec.Status.Finished()
 	h := m.hubLocked(id)
 	if finished {

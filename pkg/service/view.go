@@ -3,6 +3,7 @@ package service
 import (
 	"encoding/json"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/memvisor/memvisor/pkg/job"
@@ -109,17 +110,15 @@ func countsOf(p plugin.Progress) registry.Counts {
 
 // viewOf builds a job's view from its record and, while it runs, from its
 // supervisor's snapshot.
-func viewOf(rec registry.Record, live *Snapshot) JobView {
-	var spec job.Spec
-	_ = json.Unmarshal(rec.Spec, &spec)
+func viewOf(sv specView, rec registry.Record, live *Snapshot) JobView {
 	v := JobView{
 		ID:          rec.ID,
 		Status:      rec.Status,
 		Reason:      rec.Reason,
-		DryRun:      spec.DryRun,
+		DryRun:      sv.dryRun,
 		RetryFailed: rec.RetryFailed,
-		Source:      endpointView(spec.Source),
-		Target:      endpointView(spec.Target),
+		Source:      sv.source,
+		Target:      sv.target,
 		Restarts:    rec.Restarts,
 		GCRequests:  rec.GCRequests,
 		Runs:        rec.Runs,
@@ -173,6 +172,35 @@ func viewOf(rec registry.Record, live *Snapshot) JobView {
 	}
 	return v
 }
+
+// specView is what a view takes from the job spec. A stored spec never
+// changes, so it is decoded once per job (by id and sequence number).
+type specView struct {
+	dryRun         bool
+	source, target EndpointView
+}
+
+type specKey struct {
+	id  string
+	seq uint64
+}
+
+// specViews caches specView by job.
+type specViews struct{ m sync.Map }
+
+func (c *specViews) get(rec registry.Record) specView {
+	k := specKey{rec.ID, rec.Seq}
+	if v, ok := c.m.Load(k); ok {
+		return v.(specView)
+	}
+	var spec job.Spec
+	_ = json.Unmarshal(rec.Spec, &spec)
+	v := specView{dryRun: spec.DryRun, source: endpointView(spec.Source), target: endpointView(spec.Target)}
+	c.m.Store(k, v)
+	return v
+}
+
+func (c *specViews) forget(rec registry.Record) { c.m.Delete(specKey{rec.ID, rec.Seq}) }
 
 func endpointView(e job.Endpoint) EndpointView {
 	v := EndpointView{Type: e.Type, Path: e.Path}

@@ -73,7 +73,7 @@ func serveMain(cfgPath string) int {
 
 // proc is a running service process.
 type proc struct {
-	t      *testing.T
+	t      testing.TB
 	cmd    *exec.Cmd
 	base   string
 	token  string
@@ -100,7 +100,7 @@ func (l *lockedBuffer) String() string {
 
 // startServe starts the service on a free loopback port with the given
 // extra config lines and environment, and waits until /readyz answers.
-func startServe(t *testing.T, stateDir, extraYAML string, tick time.Duration, env ...string) *proc {
+func startServe(t testing.TB, stateDir, extraYAML string, tick time.Duration, env ...string) *proc {
 	t.Helper()
 	port := freePort(t)
 	cfg := fmt.Sprintf("listen: 127.0.0.1:%d\nstate_dir: %s\nshutdown_timeout: 20s\n%s", port, stateDir, extraYAML)
@@ -225,7 +225,7 @@ func (p *proc) wait(id string, timeout time.Duration, cond func(jobView) bool) j
 	}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,0 +1,195 @@
+package e2e_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/memvisor/memvisor/internal/benchfmt"
+	"github.com/memvisor/memvisor/internal/testbin"
+)
+
+// BenchmarkAPIUnderLoad measures GET /v1/jobs/{id} latency while 200
+// clients hold the job's event stream open and status requests arrive at
+// 1,000/s for 20 s, with one real job (supervisor and runner processes)
+// running, and the service's RSS meanwhile. Latency is taken from each
+// request's scheduled time, so a stalled server is not hidden by a
+// stalled load generator. It runs once; b.N is not used.
+func BenchmarkAPIUnderLoad(b *testing.B) {
+	const (
+		subscribers = 200
+		rate        = 1000
+		duration    = 20 * time.Second
+	)
+	runner := testbin.Path(b, "runner")
+	state := b.TempDir()
+	p := startServeB(b, state, fmt.Sprintf("runner_path: %s\n", runner))
+	spec := map[string]any{
+		"id":         "bench",
+		"source":     map[string]any{"type": "synthetic", "count": 10_000_000, "seed": 5},
+		"target":     map[string]any{"type": "jsonl", "path": filepath.Join(b.TempDir(), "target.jsonl")},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 200,
+		"memory":     map[string]any{"limit": "256MiB"},
+		"inject":     map[string]any{"slow_batch": "20ms"},
+	}
+	if code, body := p.do("POST", "/v1/jobs", spec); code != 201 {
+		b.Fatalf("create: %d %s", code, body)
+	}
+	p.wait("bench", 60*time.Second, func(v jobView) bool { return v.Status == "running" && v.Progress.Processed > 0 })
+
+	tr := &http.Transport{MaxIdleConns: 1000, MaxIdleConnsPerHost: 1000, IdleConnTimeout: time.Minute}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// The subscribers.
+	var subWG sync.WaitGroup
+	var events, subErrs atomic.Int64
+	ready := make(chan struct{}, subscribers)
+	for range subscribers {
+		subWG.Add(1)
+		go func() {
+			defer subWG.Done()
+			req, _ := http.NewRequestWithContext(ctx, "GET", p.base+"/v1/jobs/bench/events", nil)
+			resp, err := client.Do(req)
+			if err != nil {
+				subErrs.Add(1)
+				ready <- struct{}{}
+				return
+			}
+			defer resp.Body.Close()
+			ready <- struct{}{}
+			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(make([]byte, 1<<20), 1<<20)
+			for sc.Scan() {
+				if strings.HasPrefix(sc.Text(), "event: ") {
+					events.Add(1)
+				}
+			}
+		}()
+	}
+	for range subscribers {
+		<-ready
+	}
+
+	// RSS of the service process, sampled every 250 ms.
+	var rssMu sync.Mutex
+	var rssPeak, rssSum, rssN float64
+	rssDone := make(chan struct{})
+	go func() {
+		defer close(rssDone)
+		tk := time.NewTicker(250 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+				if mb, err := rssMB(p.cmd.Process.Pid); err == nil {
+					rssMu.Lock()
+					rssPeak = max(rssPeak, mb)
+					rssSum += mb
+					rssN++
+					rssMu.Unlock()
+				}
+			}
+		}
+	}()
+
+	// Status requests, open loop: a schedule of 1,000/s, served by a pool.
+	type result struct {
+		lat time.Duration
+		ok  bool
+	}
+	sched := make(chan time.Time, rate)
+	results := make(chan result, rate*int(duration/time.Second)+rate)
+	var poolWG sync.WaitGroup
+	for range 64 {
+		poolWG.Add(1)
+		go func() {
+			defer poolWG.Done()
+			for at := range sched {
+				resp, err := client.Get(p.base + "/v1/jobs/bench")
+				ok := err == nil && resp.StatusCode == http.StatusOK
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				results <- result{lat: time.Since(at), ok: ok}
+			}
+		}()
+	}
+	start := time.Now()
+	total := rate * int(duration/time.Second)
+	for i := range total {
+		at := start.Add(time.Duration(i) * time.Second / rate)
+		if d := time.Until(at); d > 0 {
+			time.Sleep(d)
+		}
+		sched <- at
+	}
+	close(sched)
+	poolWG.Wait()
+	elapsed := time.Since(start)
+	close(results)
+	var lats []time.Duration
+	fails := 0
+	for r := range results {
+		if !r.ok {
+			fails++
+			continue
+		}
+		lats = append(lats, r.lat)
+	}
+	cancel()
+	subWG.Wait()
+	<-rssDone
+
+	slices.Sort(lats)
+	pct := func(q float64) float64 {
+		if len(lats) == 0 {
+			return 0
+		}
+		return float64(lats[min(len(lats)-1, int(q*float64(len(lats))))].Microseconds()) / 1000
+	}
+	b.Logf("%d status requests in %s (%d failed), p50 %.2f ms, p99 %.2f ms, max %.2f ms; %d events to %d subscribers (%d failed to connect); service RSS peak %.1f MB, mean %.1f MB",
+		len(lats), elapsed.Round(time.Millisecond), fails, pct(0.50), pct(0.99), pct(1), events.Load(), subscribers, subErrs.Load(), rssPeak, rssSum/max(rssN, 1))
+	if fails > 0 || subErrs.Load() > 0 {
+		b.Errorf("%d failed status requests, %d failed subscribers", fails, subErrs.Load())
+	}
+	benchfmt.Report(b, "api_status_p99_ms", pct(0.99), "ms")
+	benchfmt.Report(b, "supervisor_rss_mb_under_api_load", rssPeak, "MB")
+}
+
+// startServeB is startServe for a benchmark, with the real supervisor.
+func startServeB(b *testing.B, stateDir, extraYAML string) *proc {
+	b.Helper()
+	return startServe(b, stateDir, extraYAML, 0, envReal+"=1")
+}
+
+func rssMB(pid int) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseFloat(strings.Fields(rest)[0], 64)
+			return kb / 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
