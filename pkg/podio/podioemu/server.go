@@ -995,7 +995,6 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 			writeError(w, r, http.StatusBadRequest, "invalid_grant", "Invalid refresh_token")
 			return
 		}
-		delete(s.refresh, params["refresh_token"]) // refresh tokens rotate
 		identity, appID = g.identity, g.appID
 	default:
 		writeError(w, r, http.StatusBadRequest, "unsupported_grant_type", fmt.Sprintf("grant_type %q is not supported", params["grant_type"]))

@@ -1,0 +1,567 @@
+package podio
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/memvisor/memvisor/pkg/connector"
+)
+
+// Podio's field types.
+const (
+	TypeText        = "text"
+	TypeNumber      = "number"
+	TypeMoney       = "money"
+	TypeDate        = "date"
+	TypeCategory    = "category"
+	TypeQuestion    = "question"
+	TypeApp         = "app"
+	TypeContact     = "contact"
+	TypeEmail       = "email"
+	TypePhone       = "phone"
+	TypeTel         = "tel" // the older phone field: one string
+	TypeLocation    = "location"
+	TypeDuration    = "duration"
+	TypeProgress    = "progress"
+	TypeCalculation = "calculation"
+)
+
+// readOnly lists the types a write may not set.
+var readOnly = map[string]bool{TypeCalculation: true, "created_on": true, "created_by": true, "created_via": true}
+
+// writable lists the types the target converts.
+var writable = map[string]bool{
+	TypeText: true, TypeNumber: true, TypeMoney: true, TypeDate: true, TypeCategory: true,
+	TypeQuestion: true, TypeApp: true, TypeContact: true, TypeEmail: true, TypePhone: true,
+	TypeTel: true, TypeLocation: true, TypeDuration: true, TypeProgress: true,
+}
+
+// Flatten turns an item's fields into the flat form the connectors use,
+// keyed by field external_id. The forms are app-independent:
+//
+//	text                  "string"
+//	number, calculation   12.5
+//	money                 {"value":"12.50","currency":"EUR"}
+//	date                  {"start":"2024-01-02 10:00:00","end":"2024-01-03"} (end only if set; a date without time has none)
+//	category, question    ["Option text", ...] (by text, never by id)
+//	app                   [{"item_id":<source item id>}, ...]
+//	contact               [{"profile_id":N}, ...]
+//	email, phone          [{"type":"work","value":"..."}, ...]
+//	location              [{"value":"address","lat":55.6,"lng":12.5}, ...]
+//	duration              seconds
+//	progress              0 to 100
+//
+// A field without values is left out, and so is a type the connector
+// does not carry (image, file, embed, ...).
+func Flatten(fields []APIField) connector.Fields {
+	out := make(connector.Fields, len(fields))
+	for _, f := range fields {
+		if v, ok := flattenField(f); ok {
+			out[f.ExternalID] = v
+		}
+	}
+	return out
+}
+
+type rawValue struct {
+	Value     json.RawMessage `json:"value"`
+	Currency  string          `json:"currency"`
+	Type      string          `json:"type"`
+	StartDate string          `json:"start_date"`
+	StartTime *string         `json:"start_time"`
+	EndDate   string          `json:"end_date"`
+	EndTime   *string         `json:"end_time"`
+	Start     string          `json:"start"`
+	End       string          `json:"end"`
+	Lat       *float64        `json:"lat"`
+	Lng       *float64        `json:"lng"`
+}
+
+func flattenField(f APIField) (json.RawMessage, bool) {
+	vals := make([]rawValue, 0, len(f.Values))
+	for _, raw := range f.Values {
+		var v rawValue
+		if json.Unmarshal(raw, &v) == nil {
+			vals = append(vals, v)
+		}
+	}
+	if len(vals) == 0 {
+		return nil, false
+	}
+	var out any
+	switch f.Type {
+	case TypeText:
+		var s string
+		if json.Unmarshal(vals[0].Value, &s) != nil {
+			return nil, false
+		}
+		out = s
+	case TypeNumber, TypeCalculation:
+		n, ok := decimal(vals[0].Value)
+		if !ok {
+			return vals[0].Value, true // a text or date calculation
+		}
+		out = json.RawMessage(n)
+	case TypeMoney:
+		n, ok := decimal(vals[0].Value)
+		if !ok {
+			return nil, false
+		}
+		out = map[string]string{"value": moneyString(n), "currency": vals[0].Currency}
+	case TypeDate:
+		v := vals[0]
+		d := map[string]string{"start": joinDate(v.StartDate, v.StartTime, v.Start)}
+		if e := joinDate(v.EndDate, v.EndTime, v.End); e != "" && e != d["start"] {
+			d["end"] = e
+		}
+		out = d
+	case TypeCategory, TypeQuestion:
+		texts := []string{}
+		for _, v := range vals {
+			var o Option
+			if json.Unmarshal(v.Value, &o) == nil && o.Text != "" {
+				texts = append(texts, o.Text)
+			}
+		}
+		out = texts
+	case TypeApp:
+		refs := []map[string]int64{}
+		for _, v := range vals {
+			var r struct {
+				ItemID int64 `json:"item_id"`
+			}
+			if json.Unmarshal(v.Value, &r) == nil && r.ItemID > 0 {
+				refs = append(refs, map[string]int64{"item_id": r.ItemID})
+			}
+		}
+		out = refs
+	case TypeContact:
+		refs := []map[string]int64{}
+		for _, v := range vals {
+			var r struct {
+				ProfileID int64 `json:"profile_id"`
+			}
+			if json.Unmarshal(v.Value, &r) == nil && r.ProfileID > 0 {
+				refs = append(refs, map[string]int64{"profile_id": r.ProfileID})
+			}
+		}
+		out = refs
+	case TypeEmail, TypePhone, TypeTel:
+		list := []map[string]string{}
+		for _, v := range vals {
+			var s string
+			if json.Unmarshal(v.Value, &s) == nil && s != "" {
+				typ := v.Type
+				if typ == "" {
+					typ = "other"
+				}
+				list = append(list, map[string]string{"type": typ, "value": s})
+			}
+		}
+		out = list
+	case TypeLocation:
+		list := []map[string]any{}
+		for _, v := range vals {
+			var s string
+			if json.Unmarshal(v.Value, &s) != nil || s == "" {
+				continue
+			}
+			m := map[string]any{"value": s}
+			if v.Lat != nil && v.Lng != nil {
+				m["lat"], m["lng"] = *v.Lat, *v.Lng
+			}
+			list = append(list, m)
+		}
+		out = list
+	case TypeDuration, TypeProgress:
+		n, ok := decimal(vals[0].Value)
+		if !ok {
+			return nil, false
+		}
+		out = json.RawMessage(n)
+	default:
+		return nil, false
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return nil, false
+	}
+	return b, true
+}
+
+// decimal reads a number or a numeric string as a canonical JSON number:
+// "12.5000" is 12.5.
+func decimal(raw json.RawMessage) (string, bool) {
+	var x any
+	if json.Unmarshal(raw, &x) != nil {
+		return "", false
+	}
+	var f float64
+	switch v := x.(type) {
+	case float64:
+		f = v
+	case string:
+		var err error
+		if f, err = strconv.ParseFloat(strings.TrimSpace(v), 64); err != nil {
+			return "", false
+		}
+	default:
+		return "", false
+	}
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return "", false
+	}
+	return strconv.FormatFloat(f, 'f', -1, 64), true
+}
+
+// moneyString writes an amount with at least two decimals: "12.50".
+func moneyString(n string) string {
+	whole, frac, _ := strings.Cut(n, ".")
+	for len(frac) < 2 {
+		frac += "0"
+	}
+	return whole + "." + frac
+}
+
+func joinDate(date string, tm *string, whole string) string {
+	if date == "" {
+		return whole
+	}
+	if tm != nil && *tm != "" {
+		return date + " " + *tm
+	}
+	return date
+}
+
+// refResolver finds the target id of a migrated source item.
+type refResolver func(ctx context.Context, sourceID int64) (targetID int64, found bool, err error)
+
+// conversion is the result of converting one item's flat fields for a
+// target app.
+type conversion struct {
+	fields map[string]any
+	// dropped lists references to items that were not migrated.
+	dropped []string
+	// ignored lists fields with no place in the target, or read-only.
+	ignored []string
+}
+
+// unflatten converts flat values to the create/update form of the target
+// field f. A reference whose item was not migrated is dropped and noted.
+func unflatten(ctx context.Context, f *FieldDef, raw json.RawMessage, resolve refResolver, conv *conversion) (any, error) {
+	v, err := decodeLoose(raw)
+	if err != nil {
+		return nil, validationError("field %s: value is not JSON", f.ExternalID)
+	}
+	if v == nil {
+		return []any{}, nil // clears the field
+	}
+	switch f.Type {
+	case TypeText:
+		switch x := v.(type) {
+		case string:
+			return x, nil
+		case json.Number:
+			return x.String(), nil
+		case bool:
+			return strconv.FormatBool(x), nil
+		}
+		return nil, validationError("field %s: a text field takes a string (got %s)", f.ExternalID, short(raw))
+	case TypeNumber, TypeDuration, TypeProgress:
+		n, ok := number(v)
+		if !ok {
+			return nil, validationError("field %s: a %s field takes a number (got %s)", f.ExternalID, f.Type, short(raw))
+		}
+		if f.Type != TypeNumber {
+			if n != math.Trunc(n) {
+				return nil, validationError("field %s: a %s field takes a whole number (got %s)", f.ExternalID, f.Type, short(raw))
+			}
+			if f.Type == TypeProgress && (n < 0 || n > 100) {
+				return nil, validationError("field %s: progress must be 0 to 100 (got %s)", f.ExternalID, short(raw))
+			}
+			return int64(n), nil
+		}
+		return json.Number(strconv.FormatFloat(n, 'f', -1, 64)), nil
+	case TypeMoney:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil, validationError("field %s: a money field takes {\"value\",\"currency\"} (got %s)", f.ExternalID, short(raw))
+		}
+		n, ok := number(m["value"])
+		cur, _ := m["currency"].(string)
+		if !ok || cur == "" {
+			return nil, validationError("field %s: a money field needs a value and a currency (got %s)", f.ExternalID, short(raw))
+		}
+		return map[string]any{"value": moneyString(strconv.FormatFloat(n, 'f', -1, 64)), "currency": cur}, nil
+	case TypeDate:
+		switch x := v.(type) {
+		case string:
+			return map[string]any{"start": x}, nil
+		case map[string]any:
+			out := map[string]any{}
+			for _, k := range []string{"start", "end"} {
+				if s, ok := x[k].(string); ok && s != "" {
+					out[k] = s
+				}
+			}
+			if out["start"] == nil {
+				return nil, validationError("field %s: a date needs a start (got %s)", f.ExternalID, short(raw))
+			}
+			return out, nil
+		}
+		return nil, validationError("field %s: a date field takes {\"start\",\"end\"} (got %s)", f.ExternalID, short(raw))
+	case TypeCategory, TypeQuestion:
+		ids := []int64{}
+		for _, e := range list(v) {
+			txt := ""
+			switch x := e.(type) {
+			case string:
+				txt = x
+			case map[string]any:
+				txt, _ = x["text"].(string)
+			}
+			if txt == "" {
+				return nil, validationError("field %s: options are given by their text (got %s)", f.ExternalID, short(raw))
+			}
+			id, ok := optionByText(f, txt)
+			if !ok {
+				return nil, validationError("field %s: the target app has no option %q", f.ExternalID, txt)
+			}
+			ids = append(ids, id)
+		}
+		if len(ids) > 1 && !f.Multiple {
+			return nil, validationError("field %s: the target field takes one option (got %d)", f.ExternalID, len(ids))
+		}
+		return ids, nil
+	case TypeApp:
+		ids := []int64{}
+		for _, e := range list(v) {
+			src, ok := refID(e, "item_id")
+			if !ok {
+				return nil, validationError("field %s: a reference is {\"item_id\":N} (got %s)", f.ExternalID, short(raw))
+			}
+			id, found, err := resolve(ctx, src)
+			if err != nil {
+				return nil, err
+			}
+			if !found {
+				conv.dropped = append(conv.dropped, fmt.Sprintf("%s -> source item %d", f.ExternalID, src))
+				continue
+			}
+			ids = append(ids, id)
+		}
+		return ids, nil
+	case TypeContact:
+		ids := []int64{}
+		for _, e := range list(v) {
+			id, ok := refID(e, "profile_id")
+			if !ok {
+				return nil, validationError("field %s: a contact is {\"profile_id\":N} (got %s)", f.ExternalID, short(raw))
+			}
+			ids = append(ids, id)
+		}
+		return ids, nil
+	case TypeEmail, TypePhone:
+		out := []map[string]string{}
+		for _, e := range list(v) {
+			switch x := e.(type) {
+			case string:
+				out = append(out, map[string]string{"type": "other", "value": x})
+			case map[string]any:
+				val, _ := x["value"].(string)
+				typ, _ := x["type"].(string)
+				if typ == "" {
+					typ = "other"
+				}
+				if val == "" {
+					return nil, validationError("field %s: needs {\"type\",\"value\"} (got %s)", f.ExternalID, short(raw))
+				}
+				out = append(out, map[string]string{"type": typ, "value": val})
+			default:
+				return nil, validationError("field %s: needs {\"type\",\"value\"} (got %s)", f.ExternalID, short(raw))
+			}
+		}
+		return out, nil
+	case TypeTel:
+		for _, e := range list(v) {
+			switch x := e.(type) {
+			case string:
+				return x, nil
+			case map[string]any:
+				if s, ok := x["value"].(string); ok {
+					return s, nil
+				}
+			}
+		}
+		return nil, validationError("field %s: a phone number is a string (got %s)", f.ExternalID, short(raw))
+	case TypeLocation:
+		out := []map[string]any{}
+		for _, e := range list(v) {
+			switch x := e.(type) {
+			case string:
+				out = append(out, map[string]any{"value": x})
+			case map[string]any:
+				m := map[string]any{}
+				for _, k := range []string{"value", "lat", "lng"} {
+					if x[k] != nil {
+						m[k] = x[k]
+					}
+				}
+				if s, _ := m["value"].(string); s == "" {
+					return nil, validationError("field %s: a location needs a value (got %s)", f.ExternalID, short(raw))
+				}
+				out = append(out, m)
+			}
+		}
+		return out, nil
+	}
+	return nil, validationError("field %s: fields of type %s cannot be written", f.ExternalID, f.Type)
+}
+
+func decodeLoose(raw json.RawMessage) (any, error) {
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	dec.UseNumber()
+	var v any
+	err := dec.Decode(&v)
+	return v, err
+}
+
+func list(v any) []any {
+	if l, ok := v.([]any); ok {
+		return l
+	}
+	return []any{v}
+}
+
+func number(v any) (float64, bool) {
+	switch x := v.(type) {
+	case json.Number:
+		f, err := x.Float64()
+		return f, err == nil
+	case string:
+		f, err := strconv.ParseFloat(strings.TrimSpace(x), 64)
+		return f, err == nil
+	}
+	return 0, false
+}
+
+func refID(v any, key string) (int64, bool) {
+	if m, ok := v.(map[string]any); ok {
+		v = m[key]
+	}
+	n, ok := number(v)
+	if !ok || n <= 0 || n != math.Trunc(n) {
+		return 0, false
+	}
+	return int64(n), true
+}
+
+// optionByText finds an option by its text: exactly, or else ignoring
+// case and surrounding space.
+func optionByText(f *FieldDef, txt string) (int64, bool) {
+	for _, o := range f.Options {
+		if o.Text == txt && o.Status != "deleted" {
+			return o.ID, true
+		}
+	}
+	norm := strings.ToLower(strings.TrimSpace(txt))
+	for _, o := range f.Options {
+		if strings.ToLower(strings.TrimSpace(o.Text)) == norm && o.Status != "deleted" {
+			return o.ID, true
+		}
+	}
+	return 0, false
+}
+
+func short(raw json.RawMessage) string {
+	if len(raw) > 80 {
+		return string(raw[:77]) + "..."
+	}
+	return string(raw)
+}
+
+// slug makes a label comparable with an external id: "Due date" is
+// "due-date".
+func slug(s string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(strings.TrimSpace(s)) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			b.WriteRune(r)
+			dash = false
+		} else if !dash && b.Len() > 0 {
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	return strings.TrimRight(b.String(), "-")
+}
+
+// fieldIndex resolves field names to the fields of an app.
+type fieldIndex struct {
+	app     *AppDef
+	byExt   map[string]*FieldDef
+	byLabel map[string]*FieldDef // lowercased label
+	bySlug  map[string]*FieldDef
+	// sourceLabels maps source external ids to their labels, when the
+	// source is a Podio app, for the match by label.
+	sourceLabels map[string]string
+}
+
+func newFieldIndex(app *AppDef, sourceLabels map[string]string) *fieldIndex {
+	ix := &fieldIndex{app: app, byExt: map[string]*FieldDef{}, byLabel: map[string]*FieldDef{},
+		bySlug: map[string]*FieldDef{}, sourceLabels: sourceLabels}
+	for i := range app.Fields {
+		f := &app.Fields[i]
+		ix.byExt[f.ExternalID] = f
+		if l := strings.ToLower(strings.TrimSpace(f.Label)); l != "" {
+			if _, dup := ix.byLabel[l]; !dup {
+				ix.byLabel[l] = f
+			}
+		}
+		if s := slug(f.Label); s != "" {
+			if _, dup := ix.bySlug[s]; !dup {
+				ix.bySlug[s] = f
+			}
+		}
+	}
+	return ix
+}
+
+// resolve finds the target field for a name: by external_id, then by
+// label (the source field's label when known, else the name itself as a
+// label or a label's slug).
+func (ix *fieldIndex) resolve(name string) *FieldDef {
+	if f := ix.byExt[name]; f != nil {
+		return f
+	}
+	if l, ok := ix.sourceLabels[name]; ok {
+		if f := ix.byLabel[strings.ToLower(strings.TrimSpace(l))]; f != nil {
+			return f
+		}
+	}
+	if f := ix.byLabel[strings.ToLower(strings.TrimSpace(name))]; f != nil {
+		return f
+	}
+	return ix.bySlug[slug(name)]
+}
+
+// writableNames lists the fields a write can set, for error messages.
+func (ix *fieldIndex) writableNames() []string {
+	var out []string
+	for _, f := range ix.app.Fields {
+		if writable[f.Type] {
+			out = append(out, f.ExternalID)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
