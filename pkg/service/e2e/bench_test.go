@@ -154,6 +154,18 @@ func BenchmarkAPIUnderLoad(b *testing.B) {
 		}
 		lats = append(lats, r.lat)
 	}
+	// Where the service's memory goes, from its own metrics, while the
+	// subscribers are still connected.
+	_, metrics := p.do("GET", "/metrics", nil)
+	var mem []string
+	for _, line := range strings.Split(string(metrics), "\n") {
+		for _, name := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes ", "go_memstats_sys_bytes ", "go_goroutines ", "go_memstats_next_gc_bytes "} {
+			if strings.HasPrefix(line, name) {
+				mem = append(mem, line)
+			}
+		}
+	}
+	b.Logf("service memory: %s", strings.Join(mem, "; "))
 	cancel()
 	subWG.Wait()
 	<-rssDone
