@@ -35,6 +35,8 @@ type Options struct {
 	Budget uint64
 	// Started, if set, receives each job id as its run starts.
 	Started chan<- string
+	// OnSpec, if set, sees the spec of every run built.
+	OnSpec func(job.Spec)
 }
 
 // Factory returns a service.Factory that builds simulated supervisors.
@@ -45,6 +47,9 @@ func Factory(opt Options) service.Factory {
 		}
 		if opt.Budget == 0 {
 			opt.Budget = 256 << 20
+		}
+		if opt.OnSpec != nil {
+			opt.OnSpec(spec)
 		}
 		return &Sim{spec: spec, opt: opt, emit: emit, ctl: make(chan service.EventKind, 1)}, nil
 	}
