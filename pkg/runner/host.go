@@ -60,6 +60,7 @@ type Host struct {
 	limit    int64
 
 	inj  *injector
+	gc   *gcTuner
 	lock *flock.Flock
 	wg   sync.WaitGroup
 }
@@ -74,6 +75,7 @@ func New(log zerolog.Logger) *Host {
 		state:    plugin.StateIdle,
 		watchers: map[chan plugin.Event]struct{}{},
 		inj:      newInjector(),
+		gc:       newGCTuner(defaultHeadroom),
 		done:     make(chan struct{}),
 	}
 }
@@ -230,6 +232,7 @@ func (h *Host) tick(ctx context.Context) {
 }
 
 func (h *Host) afterCommit(cp checkpoint.Checkpoint) {
+	h.gc.tune()
 	h.inj.afterCommit()
 	h.mu.Lock()
 	ev := h.eventLocked(plugin.EventCheckpoint)
