@@ -63,17 +63,17 @@ func TestRetentionPrunesFinishedJobs(t *testing.T) {
 		if r := s.do("GET", "/v1/jobs/old", nil); r.code != http.StatusNotFound {
 			return notYet("old job still there: %d", r.code)
 		}
+		if _, err := os.Stat(jobDir); !os.IsNotExist(err) {
+			return notYet("state dir of the pruned job: %v", err)
+		}
+		if !strings.Contains(s.logs.String(), "pruned finished jobs") {
+			return notYet("no log line for the pruning")
+		}
 		return nil
 	})
-	if _, err := os.Stat(jobDir); !os.IsNotExist(err) {
-		t.Errorf("state dir of the pruned job: %v", err)
-	}
 	// An unfinished job is never pruned.
 	if v := s.get("paused"); v.Status != "paused" {
 		t.Errorf("paused job: %s", v.Status)
-	}
-	if !strings.Contains(s.logs.String(), "pruned finished jobs") {
-		t.Error("no log line for the pruning")
 	}
 }
 
