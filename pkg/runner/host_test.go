@@ -1,0 +1,144 @@
+package runner_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/memvisor/memvisor/pkg/job"
+	"github.com/memvisor/memvisor/pkg/runner"
+	"github.com/memvisor/memvisor/plugin"
+)
+
+func spec(t *testing.T, count int64, inject job.Inject) job.Spec {
+	t.Helper()
+	dir := t.TempDir()
+	s := job.Default()
+	s.ID = "h"
+	s.StateDir = filepath.Join(dir, "state")
+	s.Source = job.Endpoint{Type: job.TypeSynthetic, Count: count, Seed: 1}
+	s.Target = job.Endpoint{Type: job.TypeJSONL, Path: filepath.Join(dir, "target.jsonl")}
+	s.Match = job.Match{SourceField: "email", TargetField: "email"}
+	s.BatchSize = 100
+	s.Inject = inject
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func start(t *testing.T, s job.Spec) *runner.Host {
+	t.Helper()
+	h := runner.New(zerolog.Nop())
+	t.Cleanup(func() { h.Close() })
+	data, _ := json.Marshal(s)
+	if err := h.Start(t.Context(), plugin.StartRequest{Job: data, Resume: true}); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func wait(t *testing.T, h *runner.Host) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if _, err := h.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStartTwiceAndLock(t *testing.T) {
+	s := spec(t, 200000, job.Inject{SlowBatch: job.Duration(5 * time.Millisecond)})
+	h := start(t, s)
+	data, _ := json.Marshal(s)
+	if err := h.Start(t.Context(), plugin.StartRequest{Job: data, Resume: true}); !errors.Is(err, runner.ErrStarted) {
+		t.Errorf("second Start: %v, want ErrStarted", err)
+	}
+	other := runner.New(zerolog.Nop())
+	defer other.Close()
+	err := other.Start(t.Context(), plugin.StartRequest{Job: data, Resume: true})
+	if !errors.Is(err, runner.ErrLocked) {
+		t.Fatalf("a second runner on the same job: %v, want ErrLocked", err)
+	}
+	// A refused Start leaves the runner usable.
+	st, _ := other.Stats(t.Context())
+	if st.State != plugin.StateIdle {
+		t.Errorf("refused runner is %s, want idle", st.State)
+	}
+	if err := h.Cancel(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, h)
+	st, _ = h.Stats(t.Context())
+	if st.State != plugin.StateCancelled {
+		t.Errorf("state after Cancel: %s", st.State)
+	}
+}
+
+func TestDrainThenResumeInANewHost(t *testing.T) {
+	s := spec(t, 20000, job.Inject{SlowBatch: job.Duration(2 * time.Millisecond)})
+	h := start(t, s)
+	time.Sleep(50 * time.Millisecond)
+	cp, err := h.Drain(t.Context(), time.Now().Add(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := h.Stats(t.Context())
+	if st.State != plugin.StateDrained || cp.Done || cp.Offset == 0 || cp.Offset%100 != 0 {
+		t.Fatalf("after drain: state %s checkpoint %+v", st.State, cp)
+	}
+	h.Close()
+	if _, err := os.Stat(filepath.Join(s.Dir(), "checkpoint.json")); err != nil {
+		t.Fatal(err)
+	}
+
+	h2 := start(t, s)
+	var events []plugin.Event
+	if err := h2.Watch(t.Context(), func(ev plugin.Event) error { events = append(events, ev); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	last := events[len(events)-1]
+	if last.Kind != plugin.EventDone || last.State != plugin.StateCompleted || last.Progress.Processed != 20000 {
+		t.Fatalf("last event %+v", last)
+	}
+	if last.Progress.Created+last.Progress.Skipped != 20000 {
+		t.Errorf("progress %+v does not add up", last.Progress)
+	}
+}
+
+func TestSpikeFiresOnceAndGCFreesIt(t *testing.T) {
+	s := spec(t, 3000, job.Inject{SpikeBytes: 64 << 20, SpikeAtItem: 50})
+	h := start(t, s)
+	wait(t, h)
+	before, _ := h.Stats(t.Context())
+	res, err := h.GC(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.HeapObjectsBytes < 64<<20 || res.After.HeapObjectsBytes > res.Before.HeapObjectsBytes-32<<20 {
+		t.Errorf("heap before %d, GC %d -> %d: the spike was not held until the GC request and freed by it",
+			before.HeapObjectsBytes, res.Before.HeapObjectsBytes, res.After.HeapObjectsBytes)
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir(), "inject-spike.fired")); err != nil {
+		t.Errorf("the spike did not record that it fired: %v", err)
+	}
+}
+
+func TestBadJobIsRefused(t *testing.T) {
+	h := runner.New(zerolog.Nop())
+	defer h.Close()
+	err := h.Start(t.Context(), plugin.StartRequest{Job: []byte(`{"id":"x","batch_size":-1}`)})
+	var v job.Errors
+	if !errors.As(err, &v) {
+		t.Fatalf("got %v, want job.Errors", err)
+	}
+	if st, _ := h.Stats(t.Context()); st.State != plugin.StateIdle {
+		t.Errorf("state %s after a refused job", st.State)
+	}
+}
