@@ -37,6 +37,9 @@ type Podio struct {
 	// that can be retried (network, 5xx); 0 means 6. Waits for a rate
 	// limit are not attempts.
 	MaxAttempts int `json:"max_attempts,omitempty"`
+	// Backoff is the first wait before a retried attempt; later waits
+	// double, with jitter, up to 15s. 0 means 250ms.
+	Backoff Duration `json:"backoff,omitempty"`
 	// RateWindow is the length of the API's rate-limit window, used to
 	// know when a spent quota comes back; 0 means 1h, Podio's window.
 	RateWindow Duration `json:"rate_window,omitempty"`
@@ -120,6 +123,9 @@ func (p *Podio) validate(v *Errors, name string, isSource bool) {
 	}
 	if p.MaxAttempts < 0 || p.MaxAttempts > 100 {
 		v.Add(name+".max_attempts", "must be between 1 and 100, or 0 for the default (got %d)", p.MaxAttempts)
+	}
+	if p.Backoff < 0 {
+		v.Add(name+".backoff", "must not be negative")
 	}
 	if p.RateWindow < 0 {
 		v.Add(name+".rate_window", "must not be negative")

@@ -55,6 +55,9 @@ type Target struct {
 	maxID  int64
 	refs   map[refKey]int64
 	warned map[string]bool
+	// pending holds the creates in flight, past their conversion, by
+	// external id; a reference to one of them waits for it.
+	pending map[string]chan struct{}
 }
 
 type refKey struct{ app, src int64 }
@@ -77,7 +80,8 @@ func OpenTarget(ctx context.Context, o TargetOptions) (*Target, error) {
 		page = job.PodioMaxPageSize
 	}
 	t := &Target{c: o.Client, appID: o.AppID, write: o.Write, page: page, log: o.Logger,
-		ix: newFieldIndex(def, o.SourceLabels), refs: map[refKey]int64{}, warned: map[string]bool{}}
+		ix: newFieldIndex(def, o.SourceLabels), refs: map[refKey]int64{}, warned: map[string]bool{},
+		pending: map[string]chan struct{}{}}
 	var problems []string
 	srcs := make([]string, 0, len(o.FieldMapping))
 	for s := range o.FieldMapping {
@@ -206,6 +210,16 @@ func (t *Target) Create(ctx context.Context, externalID string, f connector.Fiel
 		return 0, err
 	}
 	w.ExternalID = externalID
+	done := make(chan struct{})
+	t.mu.Lock()
+	t.pending[externalID] = done
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		delete(t.pending, externalID)
+		t.mu.Unlock()
+		close(done)
+	}()
 	bo := t.c.newBackoff()
 	for attempt := 1; ; attempt++ {
 		id, err := t.c.createOnce(ctx, t.appID, w, t.write)
@@ -353,16 +367,31 @@ func (t *Target) resolveRef(fd *FieldDef) refResolver {
 	if len(apps) == 0 {
 		apps = []int64{t.appID}
 	}
-	return func(ctx context.Context, src int64) (int64, bool, error) {
+	ext := func(src int64) string { return connector.ExternalID(src) }
+	// cached waits for a create of src in flight, then reads the cache.
+	cached := func(ctx context.Context, app, src int64) (int64, bool) {
+		t.mu.Lock()
+		ch := t.pending[ext(src)]
+		t.mu.Unlock()
+		if ch != nil && app == t.appID {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+			}
+		}
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		id, ok := t.refs[refKey{app, src}]
+		return id, ok
+	}
+	var lookup func(ctx context.Context, src int64, again bool) (int64, bool, error)
+	lookup = func(ctx context.Context, src int64, again bool) (int64, bool, error) {
 		for _, app := range apps {
 			k := refKey{app, src}
-			t.mu.Lock()
-			id, ok := t.refs[k]
-			t.mu.Unlock()
-			if ok {
+			if id, ok := cached(ctx, app, src); ok {
 				return id, true, nil
 			}
-			it, found, err := t.c.ItemByExternalID(ctx, app, connector.ExternalID(src))
+			it, found, err := t.c.ItemByExternalID(ctx, app, ext(src))
 			if err != nil {
 				if cat, _ := connector.Classify(err); cat == connector.CategoryPermission {
 					t.warnOnce(fmt.Sprintf("refperm:%d", app), func() {
@@ -377,8 +406,17 @@ func (t *Target) resolveRef(fd *FieldDef) refResolver {
 				return it.ItemID, true, nil
 			}
 		}
+		if !again {
+			// The referenced item may be a create of the same batch that
+			// had not reached the API yet: look once more, shortly.
+			if err := sleep(ctx, 20*time.Millisecond); err != nil {
+				return 0, false, err
+			}
+			return lookup(ctx, src, true)
+		}
 		return 0, false, nil
 	}
+	return func(ctx context.Context, src int64) (int64, bool, error) { return lookup(ctx, src, false) }
 }
 
 // Get returns an item's flat fields.
