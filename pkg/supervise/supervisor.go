@@ -84,6 +84,7 @@ type Supervisor struct {
 	client    *plugin.Client
 	pauseReq  bool
 	cancelReq bool
+	abortReq  bool
 }
 
 // New returns a Supervisor for spec. It checks the runner executable and
@@ -212,14 +213,31 @@ func (s *Supervisor) control(ctx context.Context, set func()) error {
 	}
 }
 
+// Abort kills the runner at once, without a drain, and makes Run return
+// with status paused: the job resumes from its last committed checkpoint,
+// redoing at most the batch in flight. It is for a user who will not wait
+// for a drain (a second Ctrl-C); it does not wait for Run to return.
+func (s *Supervisor) Abort() {
+	s.mu.Lock()
+	s.abortReq = true
+	s.mu.Unlock()
+	select {
+	case s.ctrl <- struct{}{}:
+	default:
+	}
+}
+
 // takeControl returns and clears the pending requests.
-func (s *Supervisor) takeControl() (pause, cancel bool) {
+func (s *Supervisor) takeControl() (pause, cancel, abort bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	pause, cancel = s.pauseReq, s.cancelReq
-	s.pauseReq, s.cancelReq = false, false
-	return pause, cancel
+	pause, cancel, abort = s.pauseReq, s.cancelReq, s.abortReq
+	s.pauseReq, s.cancelReq, s.abortReq = false, false, false
+	return pause, cancel, abort
 }
+
+const abortReason = "aborted: the runner was killed without a drain; the job resumes from its last checkpoint"
+
 
 // HeapProfile returns the running runner's pprof heap profile.
 func (s *Supervisor) HeapProfile(ctx context.Context) ([]byte, error) {
@@ -312,7 +330,9 @@ func (s *Supervisor) summary(status, reason string, start time.Time) Summary {
 func (s *Supervisor) loop(ctx context.Context, lock *jobLock, mode StartMode) (status, reason string) {
 	resume := mode.Resume
 	for {
-		if pause, cancel := s.takeControl(); cancel {
+		if pause, cancel, abort := s.takeControl(); abort {
+			return StatusPaused, abortReason
+		} else if cancel {
 			return StatusCancelled, "cancelled before a runner started"
 		} else if pause {
 			return StatusPaused, "paused before a runner started"
@@ -782,7 +802,12 @@ func (s *Supervisor) watch(ctx context.Context, c *plugin.Client) outcome {
 			return outcome{final: true, status: StatusCancelled, reason: "runner did not stop within drain_timeout after Cancel"}
 
 		case <-s.ctrl:
-			pause, cancelReq := s.takeControl()
+			pause, cancelReq, abort := s.takeControl()
+			if abort {
+				s.log.Warn().Msg("aborting: killing the runner without a drain")
+				c.KillNow()
+				return outcome{final: true, status: StatusPaused, reason: abortReason}
+			}
 			if cancelReq {
 				switch {
 				case drain != drainNone:

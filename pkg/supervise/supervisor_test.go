@@ -537,3 +537,36 @@ func checkRunning(t *testing.T, sup *supervise.Supervisor) {
 		t.Errorf("HeapProfile: %d bytes, %v; want a gzipped profile", len(prof), err)
 	}
 }
+
+func TestAbortKillsWithoutDrain(t *testing.T) {
+	spec := newSpec(t, 400, 10, func(s *job.Spec) {
+		s.Inject.SlowBatch = job.Duration(50 * time.Millisecond)
+		s.Inject.SlowDrain = job.Duration(time.Minute) // a drain would take a minute
+	})
+	h := newHarness(t, spec, 512*mib)
+	done := make(chan supervise.Summary, 1)
+	go func() {
+		sum, _ := h.sup.Run(t.Context(), supervise.StartMode{})
+		done <- sum
+	}()
+	waitProcessed(t, h.sup, 50)
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if err := h.sup.Pause(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Pause with a minute-long drain: got %v, want the caller's deadline", err)
+	}
+	start := time.Now()
+	h.sup.Abort()
+	sum := <-done
+	if sum.Status != supervise.StatusPaused || !strings.HasPrefix(sum.Reason, "aborted") {
+		t.Fatalf("got %+v, want paused by the abort", sum)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("abort took %v", d)
+	}
+	h2 := newHarness(t, spec, 512*mib)
+	if sum := h2.run(t, t.Context(), supervise.StartMode{Resume: true}); sum.Status != supervise.StatusCompleted {
+		t.Fatalf("resumed run: %+v", sum)
+	}
+	checkExactlyOnce(t, spec)
+}
