@@ -238,7 +238,6 @@ func (s *Supervisor) takeControl() (pause, cancel, abort bool) {
 
 const abortReason = "aborted: the runner was killed without a drain; the job resumes from its last checkpoint"
 
-
 // HeapProfile returns the running runner's pprof heap profile.
 func (s *Supervisor) HeapProfile(ctx context.Context) ([]byte, error) {
 	s.mu.Lock()
