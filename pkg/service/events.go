@@ -101,12 +101,6 @@ func (h *hub) unsubscribe(s *subscriber) {
 	}
 }
 
-func (h *hub) subscribers() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.subs)
-}
-
 func (h *hub) historyLocked() []memPoint {
 	if len(h.hist) < historyLen {
 		return append([]memPoint(nil), h.hist...)
@@ -180,6 +174,15 @@ func (h *hub) publishNow(id string, ev Event) {
 
 // publishView sends a status or done event that carries the whole view.
 func (h *hub) publishView(kind EventKind, v JobView, now time.Time) {
+	// A progress event held back goes first, so the last progress a
+	// client sees before done is the final one.
+	h.mu.Lock()
+	pending := h.pending
+	h.pending = nil
+	h.mu.Unlock()
+	if pending != nil {
+		h.publishNow(v.ID, *pending)
+	}
 	d := eventData{Time: now, Job: v.ID, View: &v, Reason: v.Reason}
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -28,17 +28,16 @@ const (
 type Option func(*options)
 
 type options struct {
-	log        zerolog.Logger
-	now        func() time.Time
-	factory    Factory
-	listener   net.Listener
-	onListen   func(net.Addr)
-	notify     Notifier
-	registry   *prometheus.Registry
-	heartbeat  time.Duration
-	tick       time.Duration
-	onRoutes   func([]Route)
-	watchdogOK func() error
+	log       zerolog.Logger
+	now       func() time.Time
+	factory   Factory
+	listener  net.Listener
+	onListen  func(net.Addr)
+	notify    Notifier
+	registry  *prometheus.Registry
+	heartbeat time.Duration
+	tick      time.Duration
+	onRoutes  func([]Route)
 }
 
 // WithLogger sets the logger; the default discards everything.

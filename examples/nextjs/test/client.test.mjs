@@ -67,7 +67,7 @@ test("createJob, subscribe and getJob follow a job to completion", async () => {
 test("pause, resume, cancel and retryFailed are state transitions", async () => {
   const s = spec(100000);
   await mv.createJob(s);
-  await until(async () => (await mv.getJob(s.id)).status === "running", "running");
+  await until(async () => { const j = await mv.getJob(s.id); return j.status === "running" && j.progress.processed > 0; }, "running with progress");
   const paused = await mv.pause(s.id);
   assert.equal(paused.status, "paused");
   assert.ok(paused.job.progress.processed > 0);

@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -243,17 +242,4 @@ func syntheticJob(t *testing.T, id string, count int) map[string]any {
 		"match":      map[string]any{"source_field": "email", "target_field": "email"},
 		"batch_size": 100,
 	}
-}
-
-// logLines returns the service's JSON log lines.
-func (p *proc) logLines() []map[string]any {
-	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(p.stderr.String()))
-	for sc.Scan() {
-		var m map[string]any
-		if json.Unmarshal(sc.Bytes(), &m) == nil {
-			out = append(out, m)
-		}
-	}
-	return out
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Status is where a job stands, as the API reports it.
@@ -127,7 +128,7 @@ type DB struct {
 func Open(path string, timeout time.Duration) (*DB, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("open registry %s: %w", path, ErrLocked)
 		}
 		return nil, fmt.Errorf("open registry %s: %w", path, err)
