@@ -48,6 +48,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"run", "supervise one job in the foreground until it ends", runCommand},
+		{"serve", "run the HTTP API, the job queue and the metrics (the systemd service)", serveCommand},
 	}
 }
 

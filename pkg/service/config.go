@@ -269,10 +269,25 @@ func (c Config) Validate() error {
 	if c.RunnerPath != "" && !filepath.IsAbs(c.RunnerPath) {
 		v.Add("runner_path", "must be an absolute path (got %q)", c.RunnerPath)
 	}
-	if err := v.Err(); err != nil {
-		return fmt.Errorf("invalid config: %w", err)
+	if len(v) > 0 {
+		return &ConfigError{Fields: v}
 	}
 	return nil
+}
+
+// ConfigError lists every bad field of a configuration.
+type ConfigError struct{ Fields job.Errors }
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString("invalid config: ")
+	for i, f := range e.Fields {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(f.Error())
+	}
+	return b.String()
 }
 
 // ListenAddr splits a listen value into a network and an address.
