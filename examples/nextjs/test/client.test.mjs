@@ -22,6 +22,10 @@ const spec = (count, extra = {}) => ({
   target: { type: "jsonl", path: join(dir, `target-${n}.jsonl`) },
   match: { source_field: "email", target_field: "email" },
   batch_size: 50,
+  // Slow enough that a pause finds the job running, and sampled often
+  // enough that a short job has memory events.
+  inject: { slow_batch: "5ms" },
+  memory: { sample_interval: "50ms" },
   ...extra,
 });
 

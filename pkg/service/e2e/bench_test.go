@@ -17,13 +17,13 @@ import (
 	"time"
 
 	"github.com/memvisor/memvisor/internal/benchfmt"
-	"github.com/memvisor/memvisor/internal/testbin"
 )
 
 // BenchmarkAPIUnderLoad measures GET /v1/jobs/{id} latency while 200
 // clients hold the job's event stream open and status requests arrive at
 // 1,000/s for 20 s, with one real job (supervisor and runner processes)
-// running, and the service's RSS meanwhile. Latency is taken from each
+// running under bin/supervisor serve with the real runner, and the
+// service's RSS meanwhile. Latency is taken from each
 // request's scheduled time, so a stalled server is not hidden by a
 // stalled load generator. It runs once; b.N is not used.
 func BenchmarkAPIUnderLoad(b *testing.B) {
@@ -32,9 +32,7 @@ func BenchmarkAPIUnderLoad(b *testing.B) {
 		rate        = 1000
 		duration    = 20 * time.Second
 	)
-	runner := testbin.Path(b, "runner")
-	state := b.TempDir()
-	p := startServeB(b, state, fmt.Sprintf("runner_path: %s\n", runner))
+	p := startSupervisor(b, b.TempDir(), "")
 	spec := map[string]any{
 		"id":         "bench",
 		"source":     map[string]any{"type": "synthetic", "count": 10_000_000, "seed": 5},
@@ -184,12 +182,6 @@ func BenchmarkAPIUnderLoad(b *testing.B) {
 	}
 	benchfmt.Report(b, "api_status_p99_ms", pct(0.99), "ms")
 	benchfmt.Report(b, "supervisor_rss_mb_under_api_load", rssPeak, "MB")
-}
-
-// startServeB is startServe for a benchmark, with the real supervisor.
-func startServeB(b *testing.B, stateDir, extraYAML string) *proc {
-	b.Helper()
-	return startServe(b, stateDir, extraYAML, 0, envReal+"=1")
 }
 
 func rssMB(pid int) (float64, error) {

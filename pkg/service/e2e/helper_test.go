@@ -97,9 +97,24 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startServe starts the service on a free loopback port with the given
-// extra config lines and environment, and waits until /readyz answers.
+// startServe starts the service, simulated jobs and all, in the test
+// binary, on a free loopback port with the given extra config lines and
+// environment, and waits until /readyz answers.
 func startServe(t testing.TB, stateDir, extraYAML string, tick time.Duration, env ...string) *proc {
+	t.Helper()
+	return launch(t, "", stateDir, extraYAML, append(env, envTick+"="+tick.String())...)
+}
+
+// startSupervisor starts the real `supervisor serve --config FILE` with
+// the real runner (both built from the working tree).
+func startSupervisor(t testing.TB, stateDir, extraYAML string, env ...string) *proc {
+	t.Helper()
+	bin := testbin.Path(t, "supervisor")
+	runner := testbin.Path(t, "runner")
+	return launch(t, bin, stateDir, fmt.Sprintf("runner_path: %s\nlog: {format: json, level: info}\n%s", runner, extraYAML), env...)
+}
+
+func launch(t testing.TB, bin, stateDir, extraYAML string, env ...string) *proc {
 	t.Helper()
 	port := freePort(t)
 	cfg := fmt.Sprintf("listen: 127.0.0.1:%d\nstate_dir: %s\nshutdown_timeout: 20s\n%s", port, stateDir, extraYAML)
@@ -107,8 +122,14 @@ func startServe(t testing.TB, stateDir, extraYAML string, tick time.Duration, en
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envHelper+"="+cfgPath, envTick+"="+tick.String())
+	var cmd *exec.Cmd
+	if bin == "" {
+		cmd = exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), envHelper+"="+cfgPath)
+	} else {
+		cmd = exec.Command(bin, "serve", "--config", cfgPath)
+		cmd.Env = os.Environ()
+	}
 	cmd.Env = append(cmd.Env, env...)
 	p := &proc{t: t, cmd: cmd, base: fmt.Sprintf("http://127.0.0.1:%d", port), stderr: &lockedBuffer{}, waited: make(chan error, 1)}
 	for _, e := range env {

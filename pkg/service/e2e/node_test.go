@@ -9,14 +9,14 @@ import (
 )
 
 // TestNodeClient runs examples/nextjs's `node --test` suite against a live
-// service on loopback, with a token.
+// bin/supervisor serve on loopback, with a token and the real runner.
 func TestNodeClient(t *testing.T) {
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Skip("node is not installed")
 	}
 	const token = "node-test-token-5e1f"
-	p := startServe(t, t.TempDir(), "", 5*time.Millisecond, "MEMVISOR_TOKEN="+token)
+	p := startSupervisor(t, t.TempDir(), "", "MEMVISOR_TOKEN="+token)
 	dir, err := filepath.Abs("../../../examples/nextjs")
 	if err != nil {
 		t.Fatal(err)

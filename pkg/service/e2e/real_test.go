@@ -3,27 +3,22 @@ package e2e_test
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/memvisor/memvisor/internal/testbin"
 )
 
-// TestServeRestartResumesRealJobExactlyOnce runs a real job (the real
-// supervisor and runner processes) under serve, stops serve twice while
+// TestServeRestartResumesRealJobExactlyOnce runs a real job under
+// bin/supervisor serve with the real runner, stops serve twice while
 // the job runs, once with SIGTERM (a drain) and once with SIGKILL (the
 // runner is orphaned and reaped by the next start), and checks that the
 // job resumes each time and that the target holds every item exactly once.
 func TestServeRestartResumesRealJobExactlyOnce(t *testing.T) {
-	runner := testbin.Path(t, "runner")
 	state := t.TempDir()
 	target := filepath.Join(t.TempDir(), "target.jsonl")
 	const count = 6000
-	extra := fmt.Sprintf("runner_path: %s\n", runner)
 	spec := map[string]any{
 		"id":         "real",
 		"source":     map[string]any{"type": "synthetic", "count": count, "seed": 11},
@@ -33,7 +28,7 @@ func TestServeRestartResumesRealJobExactlyOnce(t *testing.T) {
 		"memory":     map[string]any{"limit": "512MiB"},
 		"inject":     map[string]any{"slow_batch": "40ms"},
 	}
-	p := startServe(t, state, extra, 0, envReal+"=1")
+	p := startSupervisor(t, state, "")
 	if code, body := p.do("POST", "/v1/jobs", spec); code != 201 {
 		t.Fatalf("create: %d %s", code, body)
 	}
@@ -53,7 +48,7 @@ func TestServeRestartResumesRealJobExactlyOnce(t *testing.T) {
 		t.Fatalf("SIGTERM: %v\n%s", err, p.stderr.String())
 	}
 
-	p2 := startServe(t, state, extra, 0, envReal+"=1")
+	p2 := startSupervisor(t, state, "")
 	v = p2.wait("real", 60*time.Second, progressed(v.Progress.Processed+500))
 	if v.Status != "running" || v.Runs != 2 {
 		t.Fatalf("after the SIGTERM restart: %+v, want running in its 2nd run\n%s", v, p2.stderr.String())
@@ -62,7 +57,7 @@ func TestServeRestartResumesRealJobExactlyOnce(t *testing.T) {
 		t.Fatal("SIGKILL: the process exited cleanly")
 	}
 
-	p3 := startServe(t, state, extra, 0, envReal+"=1")
+	p3 := startSupervisor(t, state, "")
 	v = p3.wait("real", 120*time.Second, func(v jobView) bool { return v.Status != "running" && v.Status != "queued" })
 	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 3 {
 		t.Fatalf("after the SIGKILL restart: %+v, want completed, %d processed, 3 runs\n%s", v, count, p3.stderr.String())

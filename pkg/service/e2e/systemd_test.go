@@ -56,7 +56,8 @@ func TestUnitVerifies(t *testing.T) {
 	}
 }
 
-// TestNotifySequence runs the service with a fake NOTIFY_SOCKET and checks
+// TestNotifySequence runs bin/supervisor serve, with the real runner, with
+// a fake NOTIFY_SOCKET and checks
 // what it tells systemd: READY=1 once it listens, WATCHDOG=1 from its main
 // loop, and on SIGTERM STOPPING=1 then EXTEND_TIMEOUT_USEC while it drains
 // a running job.
@@ -80,9 +81,11 @@ func TestNotifySequence(t *testing.T) {
 		}
 	}()
 	state := t.TempDir()
-	p := startServe(t, state, "", 20*time.Millisecond, "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=300000")
+	p := startSupervisor(t, state, "", "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=300000")
 	// A job that is running when the stop comes.
-	if code, body := p.do("POST", "/v1/jobs", syntheticJob(t, "n1", 1_000_000)); code != 201 {
+	job := syntheticJob(t, "n1", 1_000_000)
+	job["inject"] = map[string]any{"slow_batch": "20ms"}
+	if code, body := p.do("POST", "/v1/jobs", job); code != 201 {
 		t.Fatalf("create: %d %s", code, body)
 	}
 	p.wait("n1", 10*time.Second, func(v jobView) bool { return v.Status == "running" && v.Progress.Processed > 0 })
@@ -107,6 +110,7 @@ func TestNotifySequence(t *testing.T) {
 		}
 		return -1
 	}
+	t.Logf("notify sequence: %q", seq)
 	ready, stopping, extend := idx("READY=1"), idx("STOPPING=1"), idx("EXTEND_TIMEOUT_USEC=")
 	watchdogs := 0
 	for _, s := range seq[max(ready, 0):max(stopping, 0)] {
@@ -130,7 +134,7 @@ func TestNotifySequence(t *testing.T) {
 		}
 	}
 	// The drained job is queued for the next start, with its checkpoint.
-	p2 := startServe(t, state, "", 20*time.Millisecond)
+	p2 := startSupervisor(t, state, "")
 	v := p2.get("n1")
 	if v.Status != "running" && v.Status != "queued" {
 		t.Errorf("after restart: %s, want the job resumed", v.Status)
