@@ -24,4 +24,28 @@
 // finished one (completed, failed, cancelled) can be deleted. A job is
 // active while it is queued, running or paused; a second active job for
 // the same source and target is refused.
+//
+// A posted spec is the job file's schema, with these choices of the
+// service: state_dir is the service's (<state_dir>/jobs), an id is made up
+// when there is none, the memory keys the body leaves out come from the
+// config's memory.defaults, memory.limit defaults to the job's share of
+// memory.budget and may not exceed it, log.mask_values in the config turns
+// masking on for every job, environment variables are not expanded in the
+// paths of a posted spec (the API must not read the service's
+// environment), and a job may not name a MEMVISOR_ variable as a place for
+// its credentials.
+//
+// With a token configured, every route except /, /healthz, /readyz and
+// /v1/openapi.json needs "Authorization: Bearer <token>", compared in
+// constant time. The status page asks for the token and keeps it in the
+// tab's sessionStorage; it reads event streams with fetch, since
+// EventSource cannot send the header. Log lines name the route pattern and
+// the status, never headers, queries or bodies.
+//
+// GET /v1/jobs/{id} reads the job's record from the registry (a bbolt
+// memory map) and, while it runs, its supervisor's in-memory snapshot; it
+// never reads the job's files. Event streams get progress at most four
+// times a second per job, memory samples as the supervisor takes them,
+// and a subscriber that falls behind is dropped (its client reconnects and
+// starts again from a snapshot).
 package service

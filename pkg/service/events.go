@@ -45,7 +45,7 @@ type marker struct {
 const (
 	historyLen   = 600 // 2.5 minutes at 4 Hz
 	markersLen   = 100
-	subscriberCh = 256
+	subscriberCh = 64
 )
 
 // hub fans a job's events out to its SSE subscribers, and keeps the recent
