@@ -136,7 +136,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
-	show := newDisplay(sup, term, log, tty, f.progressInterval)
+	show := newDisplay(sup, term, log.With().Str("job_id", spec.ID).Logger(), tty, f.progressInterval)
 	dctx, stopDisplay := context.WithCancel(context.Background())
 	displayDone := make(chan struct{})
 	go func() {
