@@ -350,21 +350,19 @@ func (b *Batcher) buildCache(ctx context.Context, cp checkpoint.Checkpoint) erro
 		b.emptyExt = slimcache.New(b.cacheOptions(0))
 	}
 	var seen int64
-	_, err := b.o.Target.Scan(ctx, since, func(it connector.TargetItem) error {
+	err := b.scanKeys(ctx, since, func(id int64, ext string, val json.RawMessage) {
 		seen++
-		b.addTargetItem(it)
-		return nil
+		b.addTargetItem(id, ext, val)
 	})
 	if err != nil {
 		return fmt.Errorf("prefetch target: %w", err)
 	}
 	b.recovered = map[string]int64{}
 	if !b.fresh && !b.o.Spec.DryRun {
-		if _, err := b.o.Target.Scan(ctx, cp.Target, func(it connector.TargetItem) error {
-			if it.ExternalID != "" {
-				b.recovered[it.ExternalID] = it.ID
+		if err := b.scanKeys(ctx, cp.Target, func(id int64, ext string, _ json.RawMessage) {
+			if ext != "" {
+				b.recovered[ext] = id
 			}
-			return nil
 		}); err != nil {
 			return fmt.Errorf("read target writes after the checkpoint: %w", err)
 		}
@@ -388,19 +386,50 @@ func (b *Batcher) buildCache(ctx context.Context, cp checkpoint.Checkpoint) erro
 	return nil
 }
 
-func (b *Batcher) addTargetItem(it connector.TargetItem) {
-	key := ""
+// matchTargetField is the target field that holds the match value.
+func (b *Batcher) matchTargetField() string {
 	if tf := b.o.Spec.Match.TargetField; tf != "" {
-		key, _ = slimcache.NormalizeJSON(it.Fields[tf])
-	} else if sf := b.o.Spec.Match.SourceField; sf != "" {
-		key, _ = slimcache.NormalizeJSON(it.Fields[b.o.Spec.TargetField(sf)])
+		return tf
+	}
+	if sf := b.o.Spec.Match.SourceField; sf != "" {
+		return b.o.Spec.TargetField(sf)
+	}
+	return ""
+}
+
+// scanKeys streams the target's items after since, with the value of the
+// match field, through the target's cheap path when it has one.
+func (b *Batcher) scanKeys(ctx context.Context, since connector.Mark, fn func(id int64, ext string, val json.RawMessage)) error {
+	field := b.matchTargetField()
+	if ks, ok := b.o.Target.(connector.KeyScanner); ok {
+		_, err := ks.ScanKeys(ctx, since, field, func(id int64, ext string, val json.RawMessage) error {
+			fn(id, ext, val)
+			return nil
+		})
+		return err
+	}
+	_, err := b.o.Target.Scan(ctx, since, func(it connector.TargetItem) error {
+		var val json.RawMessage
+		if field != "" {
+			val = it.Fields[field]
+		}
+		fn(it.ID, it.ExternalID, val)
+		return nil
+	})
+	return err
+}
+
+func (b *Batcher) addTargetItem(id int64, ext string, val json.RawMessage) {
+	key := ""
+	if val != nil {
+		key, _ = slimcache.NormalizeJSON(val)
 	}
 	if key != "" {
-		b.cache.Put(key, it.ID)
+		b.cache.Put(key, id)
 		return
 	}
-	if it.ExternalID != "" {
-		b.emptyExt.Put(it.ExternalID, it.ID)
+	if ext != "" {
+		b.emptyExt.Put(ext, id)
 	}
 }
 

@@ -177,3 +177,10 @@ type Flusher interface {
 type Sequential interface {
 	SequentialWrites() bool
 }
+
+// KeyScanner is implemented by targets that can stream just what the
+// prefetch needs (id, external_id and one field) far more cheaply than
+// whole items. It has Scan's semantics otherwise.
+type KeyScanner interface {
+	ScanKeys(ctx context.Context, since Mark, field string, fn func(id int64, externalID string, value json.RawMessage) error) (Mark, error)
+}
