@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,5 +141,20 @@ func TestBadJobIsRefused(t *testing.T) {
 	}
 	if st, _ := h.Stats(t.Context()); st.State != plugin.StateIdle {
 		t.Errorf("state %s after a refused job", st.State)
+	}
+}
+
+func TestUnwritableStateDirIsAClearError(t *testing.T) {
+	s := spec(t, 10, job.Inject{})
+	// The state dir's parent is a file, so the directory cannot be made.
+	blocker := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(blocker, []byte("x"), 0o644)
+	s.StateDir = filepath.Join(blocker, "state")
+	h := runner.New(zerolog.Nop())
+	defer h.Close()
+	data, _ := json.Marshal(s)
+	err := h.Start(t.Context(), plugin.StartRequest{Job: data, Resume: true})
+	if err == nil || !strings.Contains(err.Error(), "create state directory") || !strings.Contains(err.Error(), "not a directory") {
+		t.Fatalf("got %v, want an error saying the state directory cannot be created", err)
 	}
 }
