@@ -2,7 +2,6 @@ package slimcache
 
 import "fmt"
 
-
 // SetMinGarbage lowers the garbage a compaction waits for, so that small
 // tests compact.
 func SetMinGarbage(c *Cache, n int64) { c.minGarbage = n }

@@ -89,7 +89,7 @@ func Normalize(v any) (string, bool) {
 // and literals are handled without decoding; arrays and objects are
 // decoded. Invalid JSON gives ("", false).
 func NormalizeJSON(raw []byte) (string, bool) {
-	raw = bytes.TrimFunc(raw, isJSONSpace)
+	raw = trimBytes(raw, isJSONSpace)
 	if len(raw) == 0 {
 		return "", false
 	}
@@ -126,7 +126,18 @@ func NormalizeJSON(raw []byte) (string, bool) {
 	return "", false
 }
 
-func isJSONSpace(r rune) bool { return r == ' ' || r == '\t' || r == '\n' || r == '\r' }
+func isJSONSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\n' || b == '\r' }
+
+// trimBytes trims the single-byte characters for which space is true.
+func trimBytes(b []byte, space func(byte) bool) []byte {
+	for len(b) > 0 && space(b[0]) {
+		b = b[1:]
+	}
+	for len(b) > 0 && space(b[len(b)-1]) {
+		b = b[:len(b)-1]
+	}
+	return b
+}
 
 // asciiString normalizes a JSON string of printable ASCII without
 // escapes. done is false when raw needs the full decoder.
@@ -142,7 +153,7 @@ func asciiString(raw []byte) (s string, ok, done bool) {
 		}
 		upper = upper || b >= 'A' && b <= 'Z'
 	}
-	body = bytes.TrimFunc(body, isASCIISpace)
+	body = trimBytes(body, isASCIISpace)
 	if len(body) == 0 {
 		return "", false, true
 	}
@@ -159,8 +170,8 @@ func asciiString(raw []byte) (s string, ok, done bool) {
 	return string(out), true, true
 }
 
-func isASCIISpace(r rune) bool {
-	return r == ' ' || r == '\t' || r == '\n' || r == '\v' || r == '\f' || r == '\r'
+func isASCIISpace(b byte) bool {
+	return b == ' ' || b == '\t' || b == '\n' || b == '\v' || b == '\f' || b == '\r'
 }
 
 // isSpace is JavaScript's String.prototype.trim set, which adds the
@@ -179,7 +190,12 @@ func normalizeText(s string) (string, bool) {
 		upper = upper || b >= 'A' && b <= 'Z'
 	}
 	if ascii {
-		s = strings.TrimFunc(s, isASCIISpace)
+		for len(s) > 0 && isASCIISpace(s[0]) {
+			s = s[1:]
+		}
+		for len(s) > 0 && isASCIISpace(s[len(s)-1]) {
+			s = s[:len(s)-1]
+		}
 		if upper {
 			s = strings.ToLower(s)
 		}

@@ -53,25 +53,35 @@ func (c *Cache) WriteSnapshot(w io.Writer) error {
 	buf = binary.LittleEndian.AppendUint64(buf, uint64(c.live))
 	buf = binary.LittleEndian.AppendUint64(buf, uint64(base))
 
-	prev, k, tail := base, 0, c.tail()
-	for off := c.norm(c.head); off < tail; off = c.next(off) {
-		ch, p, ks, kl := c.decode(off)
-		if ch[p]&flagDead != 0 {
-			continue
-		}
-		for k+1 < len(c.cpOff) && c.cpOff[k+1] <= off {
-			k++
-		}
-		if len(buf)+kl+2*binary.MaxVarintLen64+idLen > cap(buf) {
-			if err := flush(); err != nil {
-				return fmt.Errorf("write cache snapshot: %w", err)
+	prev, k := base, 0
+	for i := c.headChunk; i < len(c.chunks); i++ {
+		ch := c.chunks[i]
+		for p := 0; p < len(ch); {
+			h, n := uint64(ch[p]), 1
+			if h >= 0x80 {
+				h, n = uvarintAt(ch, p)
 			}
+			kl := int(h >> 2)
+			ks := p + n
+			off := uint32(i)<<chunkBits | uint32(p)
+			p = ks + kl + idLen
+			if h&flagDead != 0 {
+				continue
+			}
+			for k+1 < len(c.cpOff) && c.cpOff[k+1] <= off {
+				k++
+			}
+			if len(buf)+kl+2*binary.MaxVarintLen64+idLen > cap(buf) {
+				if err := flush(); err != nil {
+					return fmt.Errorf("write cache snapshot: %w", err)
+				}
+			}
+			t := c.cpTime[k]
+			buf = binary.AppendUvarint(buf, uint64(kl))
+			buf = append(buf, ch[ks:ks+kl+idLen]...)
+			buf = binary.AppendUvarint(buf, uint64(t-prev))
+			prev = t
 		}
-		t := c.cpTime[k]
-		buf = binary.AppendUvarint(buf, uint64(kl))
-		buf = append(buf, ch[ks:ks+kl+idLen]...)
-		buf = binary.AppendUvarint(buf, uint64(t-prev))
-		prev = t
 	}
 	if err := flush(); err != nil {
 		return fmt.Errorf("write cache snapshot: %w", err)
@@ -120,7 +130,7 @@ func (d *snapReader) fill(n int) error {
 	m, err := io.ReadAtLeast(d.r, d.buf[d.end:], n-d.end)
 	d.end += m
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		return corrupt("truncated after %d more bytes", d.end)
+		return corrupt("truncated")
 	}
 	return err
 }
@@ -179,8 +189,17 @@ func (c *Cache) readSnapshot(r io.Reader) error {
 		if err := d.fill(int(kl) + idLen); err != nil {
 			return err
 		}
-		key := d.buf[d.pos : d.pos+int(kl)]
-		id := d.buf[d.pos+int(kl) : d.pos+int(kl)+idLen]
+		// Copy key and id into the arena now: reading on may refill
+		// and move the buffer.
+		n := recordLen(int(kl))
+		if !c.hasRoom(n) {
+			return corrupt("more than the 4 GiB arena holds")
+		}
+		ci := c.reserve(n)
+		off := uint32(ci)<<chunkBits | uint32(len(c.chunks[ci]))
+		ch := binary.AppendUvarint(c.chunks[ci], kl<<2)
+		c.chunks[ci] = append(ch, d.buf[d.pos:d.pos+int(kl)+idLen]...)
+		c.arenaUsed += int64(n)
 		d.pos += int(kl) + idLen
 		dt, err := d.uvarint()
 		if err != nil {
@@ -190,16 +209,6 @@ func (c *Cache) readSnapshot(r io.Reader) error {
 			return corrupt("entry %d: time out of range", i)
 		}
 		t += int64(dt)
-		n := recordLen(int(kl))
-		if !c.hasRoom(n) {
-			return corrupt("more than the 4 GiB arena holds")
-		}
-		ci := c.reserve(n)
-		ch := binary.AppendUvarint(c.chunks[ci], kl<<2)
-		off := uint32(ci)<<chunkBits | uint32(len(c.chunks[ci]))
-		ch = append(ch, key...)
-		c.chunks[ci] = append(ch, id...)
-		c.arenaUsed += int64(n)
 		if k := len(c.cpTime); k == 0 || c.cpTime[k-1] != t {
 			c.cpOff = append(c.cpOff, off)
 			c.cpTime = append(c.cpTime, t)
@@ -223,11 +232,10 @@ func (c *Cache) readSnapshot(r io.Reader) error {
 		return err
 	}
 
-	n := int(count)
-	if c.maxEntries > 0 {
-		n = min(n, c.maxEntries)
-	}
-	c.resetTable(max(groupsFor(n), c.minGroups))
+	// Index every entry first (the table must hold them all before the
+	// surplus is evicted); the count is trusted only now that the
+	// checksum has matched.
+	c.resetTable(max(groupsFor(int(count)), c.minGroups))
 	if err := c.reindex(); err != nil {
 		return corrupt("%v", err)
 	}

@@ -234,14 +234,19 @@ func (c *Cache) relayout(now int64, compact bool, ngroups uint64) {
 // reindex inserts every live record from the head on into the (empty)
 // table.
 func (c *Cache) reindex() error {
-	tail := c.tail()
-	for off := c.norm(c.head); off < tail; off = c.next(off) {
-		ch, p, _, _ := c.decode(off)
-		if ch[p]&flagDead != 0 {
-			continue
-		}
-		if err := c.insertFresh(off); err != nil {
-			return err
+	for i := c.headChunk; i < len(c.chunks); i++ {
+		ch := c.chunks[i]
+		for p := 0; p < len(ch); {
+			h, n := uint64(ch[p]), 1
+			if h >= 0x80 {
+				h, n = uvarintAt(ch, p)
+			}
+			if h&flagDead == 0 {
+				if err := c.insertFresh(uint32(i)<<chunkBits | uint32(p)); err != nil {
+					return err
+				}
+			}
+			p += n + int(h>>2) + idLen
 		}
 	}
 	return nil
