@@ -109,7 +109,7 @@ func TestCreateUnderFaultsMakesNoDuplicates(t *testing.T) {
 	if len(created) != 300 {
 		t.Fatalf("created %d items, want 300", len(created))
 	}
-	checkMigrated(t, s, true)
+	checkMigrated(t, dumpApp(t, s, srcApp), dumpApp(t, s, dstApp), true)
 	if st.HooksFired != 0 || st.NotSilent != 0 {
 		t.Errorf("writes fired %d hooks and %d were not silent; want 0 and 0", st.HooksFired, st.NotSilent)
 	}

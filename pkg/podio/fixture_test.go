@@ -1,14 +1,23 @@
 package podio_test
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/memvisor/memvisor/internal/testbin"
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/podio"
 	"github.com/memvisor/memvisor/pkg/podio/podioemu"
@@ -99,35 +108,135 @@ func sourceItem(i int, parent int64) podioemu.Item {
 	return podioemu.Item{AppID: srcApp, CreatedOn: day.Format("2006-01-02 15:04:05"), Tags: tags, Fields: raw}
 }
 
-// newEmu starts an emulator with the two apps and n source items. Every
-// third item (after the first) references the item before it.
-func newEmu(t testing.TB, cfg podioemu.Config, n int) (*podioemu.Server, []int64) {
+// firstID is the item id of the first seeded source item.
+const firstID = 1_000_000_001
+
+// seedJSONL is the emulator's seed: the client, the user, the two apps
+// and n source items. Every third item (after the first) references the
+// item before it.
+func seedJSONL(t testing.TB, n int) []byte {
 	t.Helper()
-	s := podioemu.New(cfg)
-	s.AddClient(clientID, clientSecret)
-	s.AddUser(username, password)
-	for _, a := range []podioemu.App{allTypes(srcApp, false), allTypes(dstApp, true)} {
-		if _, err := s.AddApp(a); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ids := make([]int64, n)
-	for i := range n {
-		var parent int64
-		if i > 0 && i%3 == 0 {
-			parent = ids[i-1]
-		}
-		id, err := s.Seed(sourceItem(i, parent))
+	var b bytes.Buffer
+	line := func(kind string, v any) {
+		data, err := json.Marshal(v)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids[i] = id
+		b.WriteString(`{"kind":"` + kind + `",`)
+		b.Write(data[1:])
+		b.WriteByte('\n')
+	}
+	line("client", map[string]string{"client_id": clientID, "client_secret": clientSecret})
+	line("user", map[string]string{"username": username, "password": password})
+	line("app", allTypes(srcApp, false))
+	line("app", allTypes(dstApp, true))
+	for i := range n {
+		var parent int64
+		if i > 0 && i%3 == 0 {
+			parent = firstID + int64(i) - 1
+		}
+		it := sourceItem(i, parent)
+		it.ItemID = firstID + int64(i)
+		line("item", it)
+	}
+	return b.Bytes()
+}
+
+// newEmu starts an emulator in the test process with the two apps and n
+// source items.
+func newEmu(t testing.TB, cfg podioemu.Config, n int) (*podioemu.Server, []int64) {
+	t.Helper()
+	s := podioemu.New(cfg)
+	if err := s.LoadJSONL(bytes.NewReader(seedJSONL(t, n))); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = firstID + int64(i)
 	}
 	if _, err := s.Start(""); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s, ids
+}
+
+// emuProc is the cmd/podio-emulator binary running the same seed, so
+// that the emulator's work is not slowed by the race detector.
+type emuProc struct {
+	url string
+}
+
+func startEmuProc(t *testing.T, n int, flags ...string) *emuProc {
+	t.Helper()
+	bin := testbin.Path(t, "podio-emulator")
+	dir := t.TempDir()
+	seed := filepath.Join(dir, "seed.jsonl")
+	if err := os.WriteFile(seed, seedJSONL(t, n), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := filepath.Join(dir, "addr")
+	cmd := exec.Command(bin, append([]string{"--seed", seed, "--addr-file", addr}, flags...)...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if data, err := os.ReadFile(addr); err == nil && len(data) > 0 {
+			return &emuProc{url: strings.TrimSpace(string(data))}
+		}
+		select {
+		case <-exited:
+			t.Fatal("podio-emulator exited before listening")
+		default:
+		}
+	}
+	t.Fatal("podio-emulator did not start listening within 60s")
+	return nil
+}
+
+func (e *emuProc) stats(t testing.TB) podioemu.Stats {
+	t.Helper()
+	resp, err := http.Get(e.url + "/_emulator/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st podioemu.Stats
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func (e *emuProc) dump(t testing.TB, app int64) []dumped {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("%s/_emulator/dump?app_id=%d", e.url, app))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out []dumped
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 16<<20)
+	for sc.Scan() {
+		out = append(out, parseDumped(t, sc.Bytes()))
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func appCreds(app int64, token string) podio.Credentials {
@@ -161,19 +270,25 @@ func dumpApp(t testing.TB, s *podioemu.Server, app int64) []dumped {
 	t.Helper()
 	var out []dumped
 	for _, raw := range s.Items(app) {
-		var d dumped
-		if err := json.Unmarshal(raw, &d); err != nil {
-			t.Fatal(err)
-		}
-		d.Flat = map[string]any{}
-		for k, v := range podio.Flatten(d.Fields) {
-			var x any
-			_ = json.Unmarshal(v, &x)
-			d.Flat[k] = x
-		}
-		out = append(out, d)
+		out = append(out, parseDumped(t, raw))
 	}
 	return out
+}
+
+func parseDumped(t testing.TB, raw []byte) dumped {
+	t.Helper()
+	var d dumped
+	if err := json.Unmarshal(raw, &d); err != nil {
+		t.Fatal(err)
+	}
+	d.Flat = map[string]any{}
+	for k, v := range podio.Flatten(d.Fields) {
+		var x any
+		_ = json.Unmarshal(v, &x)
+		d.Flat[k] = x
+	}
+	d.Fields = nil // keep only the flat values: 20,000 items are checked
+	return d
 }
 
 // checkMigrated checks that the target holds each source item exactly
@@ -181,10 +296,8 @@ func dumpApp(t testing.TB, s *podioemu.Server, app int64) []dumped {
 // reference translated to the target id of the referenced item, the
 // label-matched field under its target name, and the calculation left
 // out.
-func checkMigrated(t testing.TB, s *podioemu.Server, wantRefs bool) {
+func checkMigrated(t testing.TB, src, dst []dumped, wantRefs bool) {
 	t.Helper()
-	src := dumpApp(t, s, srcApp)
-	dst := dumpApp(t, s, dstApp)
 	byExt := map[string]dumped{}
 	var dups []string
 	for _, d := range dst {

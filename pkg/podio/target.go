@@ -39,6 +39,9 @@ type TargetOptions struct {
 	Logger     zerolog.Logger
 }
 
+// pendingWait bounds the wait of a reference for a create in flight.
+const pendingWait = 10 * time.Second
+
 // refCacheMax bounds the cache of source-to-target ids for references.
 const refCacheMax = 50_000
 
@@ -55,8 +58,8 @@ type Target struct {
 	maxID  int64
 	refs   map[refKey]int64
 	warned map[string]bool
-	// pending holds the creates in flight, past their conversion, by
-	// external id; a reference to one of them waits for it.
+	// pending holds the creates in flight by external id; a reference to
+	// one of them waits for it (at most pendingWait).
 	pending map[string]chan struct{}
 }
 
@@ -205,11 +208,6 @@ func (t *Target) Scan(ctx context.Context, since connector.Mark, fn func(connect
 // is returned. Create fails only when the item is known not to exist, or
 // when that could not be found out (ErrOutcomeUnknown).
 func (t *Target) Create(ctx context.Context, externalID string, f connector.Fields) (int64, error) {
-	w, err := t.convert(ctx, externalID, f)
-	if err != nil {
-		return 0, err
-	}
-	w.ExternalID = externalID
 	done := make(chan struct{})
 	t.mu.Lock()
 	t.pending[externalID] = done
@@ -220,6 +218,11 @@ func (t *Target) Create(ctx context.Context, externalID string, f connector.Fiel
 		t.mu.Unlock()
 		close(done)
 	}()
+	w, err := t.convert(ctx, externalID, f)
+	if err != nil {
+		return 0, err
+	}
+	w.ExternalID = externalID
 	bo := t.c.newBackoff()
 	for attempt := 1; ; attempt++ {
 		id, err := t.c.createOnce(ctx, t.appID, w, t.write)
@@ -374,10 +377,15 @@ func (t *Target) resolveRef(fd *FieldDef) refResolver {
 		ch := t.pending[ext(src)]
 		t.mu.Unlock()
 		if ch != nil && app == t.appID {
+			// Bounded, so that two creates referencing each other
+			// cannot wait for ever.
+			tm := time.NewTimer(pendingWait)
 			select {
 			case <-ch:
+			case <-tm.C:
 			case <-ctx.Done():
 			}
+			tm.Stop()
 		}
 		t.mu.Lock()
 		defer t.mu.Unlock()
