@@ -142,7 +142,7 @@ func evaluate(file, path, op, want string) (bool, string) {
 		return false, fmt.Sprintf("%s has no %s", file, path)
 	}
 	gotText := render(got)
-	detail := fmt.Sprintf("%s = %s, want %s %s", path, gotText, op, want)
+	detail := fmt.Sprintf("%s = %s, want %s %s", path, clipText(gotText), op, want)
 	if ref, ok := strings.CutPrefix(want, "@"); ok {
 		// The value of another field of the same file.
 		v, found := lookup(doc, ref)
@@ -150,7 +150,7 @@ func evaluate(file, path, op, want string) (bool, string) {
 			return false, fmt.Sprintf("%s has no %s", file, ref)
 		}
 		want = render(v)
-		detail = fmt.Sprintf("%s = %s, want %s %s = %s", path, gotText, op, ref, want)
+		detail = fmt.Sprintf("%s = %s, want %s %s = %s", path, clipText(gotText), op, ref, want)
 	}
 	switch op {
 	case "~":
@@ -226,4 +226,12 @@ func render(v any) string {
 	}
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// clipText shortens a long value for a check's detail line.
+func clipText(s string) string {
+	if r := []rune(s); len(r) > 100 {
+		return string(r[:97]) + "..."
+	}
+	return s
 }
