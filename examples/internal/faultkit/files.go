@@ -198,38 +198,40 @@ func cmdGenBad(_ context.Context, args []string, stdout, stderr io.Writer) error
 	out := fs.String("out", "", "the source `FILE`, with bad records")
 	fixed := fs.String("fixed", "", "the fixed source `FILE`")
 	count := fs.Int("count", 3000, "lines to write")
-	if err := fs.Parse(args); err != nil || *out == "" || *fixed == "" || *count < 100 {
-		fmt.Fprintln(stderr, "usage: faultkit gen-bad -out FILE -fixed FILE [-count N>=100]")
+	from := fs.Int("from", 1, "the first line that may be bad")
+	if err := fs.Parse(args); err != nil || *out == "" || *fixed == "" || *count < 100 || *from < 1 || *from > *count-100 {
+		fmt.Fprintln(stderr, "usage: faultkit gen-bad -out FILE -fixed FILE [-count N>=100] [-from LINE<=N-100]")
 		return exitCode(2)
 	}
 	n := *count
 	// Each kind of bad record, at a line spread over the file: the first
 	// line, batch boundaries, the last line.
+	at := func(num, den int) int { return *from - 1 + max(1, (n-*from+1)*num/den) }
 	type bad struct {
 		line int
 		kind string
 		text func(id int) string
 	}
 	bads := []bad{
-		{1, "not JSON", func(id int) string { return fmt.Sprintf("user%d@example.com;Name %d", id, id) }},
-		{n / 6, "truncated JSON", func(id int) string { return fmt.Sprintf(`{"item_id": %d, "fields": {"email": "user%d@exa`, id, id) }},
-		{n / 4, "missing item_id", func(id int) string {
+		{at(0, 1), "not JSON", func(id int) string { return fmt.Sprintf("user%d@example.com;Name %d", id, id) }},
+		{at(1, 6), "truncated JSON", func(id int) string { return fmt.Sprintf(`{"item_id": %d, "fields": {"email": "user%d@exa`, id, id) }},
+		{at(1, 4), "missing item_id", func(id int) string {
 			return fmt.Sprintf(`{"fields": {"email": "user%d@example.com", "name": "Name %d"}}`, id, id)
 		}},
-		{n/3 + 1, "item_id not an integer", func(id int) string {
+		{at(1, 3) + 1, "item_id not an integer", func(id int) string {
 			return fmt.Sprintf(`{"item_id": "id-%d", "fields": {"email": "user%d@example.com"}}`, id, id)
 		}},
-		{n / 2, "item_id negative", func(id int) string {
+		{at(1, 2), "item_id negative", func(id int) string {
 			return fmt.Sprintf(`{"item_id": -%d, "fields": {"email": "user%d@example.com"}}`, id, id)
 		}},
-		{2 * n / 3, "missing fields", func(id int) string { return fmt.Sprintf(`{"item_id": %d, "name": "Name %d"}`, id, id) }},
-		{3 * n / 4, "fields not an object", func(id int) string {
+		{at(2, 3), "missing fields", func(id int) string { return fmt.Sprintf(`{"item_id": %d, "name": "Name %d"}`, id, id) }},
+		{at(3, 4), "fields not an object", func(id int) string {
 			return fmt.Sprintf(`{"item_id": %d, "fields": "email=user%d@example.com"}`, id, id)
 		}},
-		{5 * n / 6, "item_id zero", func(id int) string {
+		{at(5, 6), "item_id zero", func(id int) string {
 			return fmt.Sprintf(`{"item_id": 0, "fields": {"email": "user%d@example.com"}}`, id)
 		}},
-		{n, "torn last line", func(id int) string { return fmt.Sprintf(`{"item_id": %d, "fields": {"em`, id) }},
+		{at(1, 1), "torn last line", func(id int) string { return fmt.Sprintf(`{"item_id": %d, "fields": {"em`, id) }},
 	}
 	byLine := map[int]bad{}
 	for _, b := range bads {
