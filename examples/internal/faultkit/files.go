@@ -138,10 +138,14 @@ func cmdFilestat(_ context.Context, args []string, stdout, stderr io.Writer) err
 // cmdFailed summarizes a failed.jsonl: how many entries, by category,
 // how many say why, and which source lines they name.
 func cmdFailed(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) != 1 {
-		fmt.Fprintln(stderr, "usage: faultkit failed FILE")
+	fs := flag.NewFlagSet("failed", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	list := fs.Bool("list", false, "print one line per entry instead of the summary")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "usage: faultkit failed [-list] FILE")
 		return exitCode(2)
 	}
+	args = fs.Args()
 	type out struct {
 		Entries    int            `json:"entries"`
 		Categories map[string]int `json:"categories"`
@@ -156,6 +160,13 @@ func cmdFailed(_ context.Context, args []string, stdout, stderr io.Writer) error
 	o := out{Categories: map[string]int{}}
 	var lines, ids []int64
 	err := faillog.Each(args[0], func(e faillog.Entry) error {
+		if *list {
+			where := fmt.Sprintf("item %d", e.SourceID)
+			if e.Line > 0 {
+				where = fmt.Sprintf("line %d", e.Line)
+			}
+			fmt.Fprintf(stdout, "%s: %s (retryable %t): %s\n", where, e.Category, e.Retryable, e.Error)
+		}
 		o.Entries++
 		o.Categories[string(e.Category)]++
 		if e.Category != "" && strings.TrimSpace(e.Error) != "" {
@@ -174,6 +185,9 @@ func cmdFailed(_ context.Context, args []string, stdout, stderr io.Writer) error
 	})
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
+	}
+	if *list {
+		return nil
 	}
 	o.Lines, o.SourceIDs = joinSorted(lines), joinSorted(ids)
 	return printJSON(stdout, o)
@@ -266,6 +280,11 @@ func cmdGenBad(_ context.Context, args []string, stdout, stderr io.Writer) error
 		Lines    int               `json:"lines"`
 		BadLines string            `json:"bad_lines"`
 		Kinds    map[string]string `json:"kinds"`
+		// NoMatchValue counts the good items with an empty or missing
+		// match field, and SameMatchValue those that repeat the previous
+		// item's match value (in the fixed source).
+		NoMatchValue   int `json:"no_match_value"`
+		SameMatchValue int `json:"same_match_value"`
 	}
 	m := manifest{Lines: n, Kinds: map[string]string{}}
 	var badLines []int64
@@ -280,6 +299,12 @@ func cmdGenBad(_ context.Context, args []string, stdout, stderr io.Writer) error
 			fmt.Fprintln(wo, g)
 		}
 		fmt.Fprintln(wf, g)
+		switch {
+		case id%89 == 0 || id%97 == 0:
+			m.NoMatchValue++
+		case id%61 == 0:
+			m.SameMatchValue++
+		}
 	}
 	m.BadLines = joinSorted(badLines)
 	if err := errors.Join(wo.Flush(), wf.Flush(), fo.Close(), ff.Close()); err != nil {
