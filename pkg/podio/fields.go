@@ -31,10 +31,8 @@ const (
 	TypeCalculation = "calculation"
 )
 
-// readOnly lists the types a write may not set.
-var readOnly = map[string]bool{TypeCalculation: true, "created_on": true, "created_by": true, "created_via": true}
-
-// writable lists the types the target converts.
+// writable lists the types the target converts; every other type
+// (calculation, image, file, embed, ...) is read-only here.
 var writable = map[string]bool{
 	TypeText: true, TypeNumber: true, TypeMoney: true, TypeDate: true, TypeCategory: true,
 	TypeQuestion: true, TypeApp: true, TypeContact: true, TypeEmail: true, TypePhone: true,
@@ -247,8 +245,6 @@ type conversion struct {
 	fields map[string]any
 	// dropped lists references to items that were not migrated.
 	dropped []string
-	// ignored lists fields with no place in the target, or read-only.
-	ignored []string
 }
 
 // unflatten converts flat values to the create/update form of the target

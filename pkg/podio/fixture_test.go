@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -227,15 +228,28 @@ func (e *emuProc) dump(t testing.TB, app int64) []dumped {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var out []dumped
+	var lines [][]byte
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(nil, 16<<20)
 	for sc.Scan() {
-		out = append(out, parseDumped(t, sc.Bytes()))
+		lines = append(lines, append([]byte(nil), sc.Bytes()...))
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
+	out := make([]dumped, len(lines))
+	var wg sync.WaitGroup
+	const workers = 4
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(lines); i += workers {
+				out[i] = parseDumped(t, lines[i])
+			}
+		}()
+	}
+	wg.Wait()
 	return out
 }
 
@@ -257,11 +271,12 @@ func newClient(t testing.TB, s *podioemu.Server, creds podio.Credentials, mod fu
 
 // dumped is an item of an emulator dump, reduced to what checks compare.
 type dumped struct {
-	ItemID     int64              `json:"item_id"`
-	ExternalID *string            `json:"external_id"`
-	Fields     []podio.APIField   `json:"fields"`
-	Flat       map[string]any     `json:"-"`
-	Raw        map[string]dumpRaw `json:"-"`
+	ItemID     int64                      `json:"item_id"`
+	ExternalID *string                    `json:"external_id"`
+	Fields     []podio.APIField           `json:"fields"`
+	Flat       map[string]any             `json:"-"`
+	FlatRaw    map[string]json.RawMessage `json:"-"`
+	Raw        map[string]dumpRaw         `json:"-"`
 }
 
 type dumpRaw = json.RawMessage
@@ -281,11 +296,16 @@ func parseDumped(t testing.TB, raw []byte) dumped {
 	if err := json.Unmarshal(raw, &d); err != nil {
 		t.Fatal(err)
 	}
+	d.FlatRaw = podio.Flatten(d.Fields)
 	d.Flat = map[string]any{}
-	for k, v := range podio.Flatten(d.Fields) {
-		var x any
-		_ = json.Unmarshal(v, &x)
-		d.Flat[k] = x
+	for k, v := range d.FlatRaw {
+		if k == "parent" {
+			var x any
+			_ = json.Unmarshal(v, &x)
+			d.Flat[k] = x
+		} else {
+			d.Flat[k] = v
+		}
 	}
 	d.Fields = nil // keep only the flat values: 20,000 items are checked
 	return d
