@@ -26,11 +26,11 @@ func chromiumPath(t *testing.T) string {
 }
 
 // TestStatusPageInChromium starts a job from the status page in headless
-// Chromium, watches its progress bar reach 100%, checks the memory chart
+// Chromium, against bin/supervisor serve and the real runner, watches its progress bar reach 100%, checks the memory chart
 // and the buttons, and saves a screenshot.
 func TestStatusPageInChromium(t *testing.T) {
 	chrome := chromiumPath(t)
-	p := startServe(t, t.TempDir(), "", 15*time.Millisecond)
+	p := startSupervisor(t, t.TempDir(), "")
 
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chrome),
@@ -65,6 +65,10 @@ func TestStatusPageInChromium(t *testing.T) {
 		"target":     map[string]any{"type": "jsonl", "path": target},
 		"match":      map[string]any{"source_field": "email", "target_field": "email"},
 		"batch_size": 40,
+		// A leak that GC cannot free: the chart shows the warning and
+		// critical crossings, a GC request and a graceful restart.
+		"inject": map[string]any{"slow_batch": "25ms", "leak_bytes_per_item": "25KiB"},
+		"memory": map[string]any{"limit": "128MiB", "sample_interval": "100ms"},
 	})
 	err := chromedp.Do(ctx,
 		chromedp.Navigate(p.base+"/"),
