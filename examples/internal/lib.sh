@@ -28,6 +28,7 @@ BG_PIDS=()
 SUMMARIES=()
 FINISHED=0
 VERIFY_FILE=""
+VERIFY_FILES=()
 SKIP_REASON=""
 # A scenario may set CLEANUP_HOOK to a function run on exit (unmount...).
 CLEANUP_HOOK=${CLEANUP_HOOK:-}
@@ -54,15 +55,17 @@ setup() {
 cleanup() {
 	local rc=$?
 	set +e
-	for pid in "${BG_PIDS[@]}"; do
-		kill -KILL "$pid" 2>/dev/null
-	done
-	if [ -x "$FK" ] && [ -x "$BIN/runner" ]; then
-		for pid in $("$FK" runners -exe "$BIN/runner" -mark "$MEMVISOR_FAULTS_MARK" 2>/dev/null); do
-			kill -KILL "$pid" 2>/dev/null
+	{
+		for pid in "${BG_PIDS[@]}"; do
+			kill -KILL "$pid"
 		done
-	fi
-	wait 2>/dev/null
+		if [ -x "$FK" ] && [ -x "$BIN/runner" ]; then
+			for pid in $("$FK" runners -exe "$BIN/runner" -mark "$MEMVISOR_FAULTS_MARK"); do
+				kill -KILL "$pid"
+			done
+		fi
+		wait
+	} 2>/dev/null
 	if [ -n "$CLEANUP_HOOK" ]; then
 		"$CLEANUP_HOOK"
 	fi
@@ -179,9 +182,11 @@ runner_run() {
 	proc_wait "$pid" "$secs"
 }
 
-# verify_target: run bin/verify on the job; its report goes to the result.
+# verify_target [NAME]: run bin/verify on $JOB; its report (VERIFY_FILE)
+# goes into the verdict. A scenario with several jobs verifies each.
 verify_target() {
-	VERIFY_FILE=$W/verify.json
+	VERIFY_FILE=$W/verify${1:+-$1}.json
+	VERIFY_FILES+=("$VERIFY_FILE")
 	local rc=0
 	"$BIN/verify" --json "$JOB" >"$VERIFY_FILE" 2>"$W/verify.err" || rc=$?
 	"$BIN/verify" "$JOB" 2>&1 | sed 's/^/   /' || true
@@ -196,9 +201,9 @@ finish() {
 	for s in "${SUMMARIES[@]}"; do
 		args+=(-summary "$s")
 	done
-	if [ -n "$VERIFY_FILE" ]; then
-		args+=(-verify "$VERIFY_FILE")
-	fi
+	for v in "${VERIFY_FILES[@]}"; do
+		args+=(-verify "$v")
+	done
 	if [ -n "$SKIP_REASON" ]; then
 		args+=(-skip "$SKIP_REASON")
 	fi

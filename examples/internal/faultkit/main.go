@@ -26,8 +26,8 @@ const usage = `usage: faultkit COMMAND [flags] [args]
 Checks
   expect   -checks FILE [-desc TEXT] JSONFILE 'PATH OP VALUE'   check a field of a JSON file
   check    -checks FILE -ok=BOOL TEXT [DETAIL]                   record a check made by the script
-  result   -scenario NAME -dir DIR [-summary FILE]... [-verify FILE] [-skip REASON]
-  table    -dir DIR [-order a,b,c]                               print the results, exit 1 if any failed
+  result   -scenario NAME -dir DIR [-summary FILE]... [-verify FILE]... [-skip REASON] [-duration S]
+  table    -dir DIR -order a,b,c [-logs DIR] [-strict]          print the results, exit 1 if any failed
 
 Processes
   runners  -exe PATH -mark VALUE          pids of live runners started with MEMVISOR_FAULTS_MARK=VALUE
@@ -41,6 +41,12 @@ Files
   failed     FILE                         summarize a failed.jsonl, as JSON
   gen-bad    -out FILE -fixed FILE -count N   a jsonl source with bad records, and its fixed twin
   events     LOGFILE                      the lines of a JSON log an operator looks for
+
+Podio
+  podio-seed  -out FILE [-items N]        the emulator's seed: a client, a source app, an empty target app
+  podio-jsonl -in DUMP -out FILE [-target]  an emulator dump in the jsonl connector's format, for bin/verify
+  gen-podio-bad -out FILE -fixed FILE [-count N]  a jsonl source with values the target app refuses
+  fetch       URL                         print the body of a GET (the emulator's /_emulator/stats)
 `
 
 // MarkEnv is the variable every process of one scenario run inherits, so
@@ -71,18 +77,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return exitCode(2)
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
-		"expect":     cmdExpect,
-		"check":      cmdCheck,
-		"result":     cmdResult,
-		"table":      cmdTable,
-		"runners":    cmdRunners,
-		"watch":      cmdWatch,
-		"checkpoint": cmdCheckpoint,
-		"corrupt":    cmdCorrupt,
-		"filestat":   cmdFilestat,
-		"failed":     cmdFailed,
-		"gen-bad":    cmdGenBad,
-		"events":     cmdEvents,
+		"expect":        cmdExpect,
+		"check":         cmdCheck,
+		"result":        cmdResult,
+		"table":         cmdTable,
+		"runners":       cmdRunners,
+		"watch":         cmdWatch,
+		"checkpoint":    cmdCheckpoint,
+		"corrupt":       cmdCorrupt,
+		"filestat":      cmdFilestat,
+		"failed":        cmdFailed,
+		"gen-bad":       cmdGenBad,
+		"events":        cmdEvents,
+		"podio-seed":    cmdPodioSeed,
+		"podio-jsonl":   cmdPodioJSONL,
+		"fetch":         cmdFetch,
+		"gen-podio-bad": cmdGenPodioBad,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

@@ -74,13 +74,13 @@ func cmdResult(_ context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	name := fs.String("scenario", "", "the scenario's `NAME`")
 	dir := fs.String("dir", "", "the scenario's scratch `DIR` (holds checks.jsonl)")
-	verifyFile := fs.String("verify", "", "the `FILE` bin/verify --json wrote")
 	skip := fs.String("skip", "", "the scenario could not run here, for this `REASON`")
 	dur := fs.Float64("duration", 0, "the scenario's wall time in seconds")
-	var sums multiFlag
+	var sums, verifies multiFlag
 	fs.Var(&sums, "summary", "a supervisor summary `FILE` (repeat for several runs)")
+	fs.Var(&verifies, "verify", "a `FILE` bin/verify --json wrote (repeat for several jobs; the row adds them up)")
 	if err := fs.Parse(args); err != nil || *name == "" || *dir == "" || fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "usage: faultkit result -scenario NAME -dir DIR [-summary FILE]... [-verify FILE] [-skip REASON] [-duration S]")
+		fmt.Fprintln(stderr, "usage: faultkit result -scenario NAME -dir DIR [-summary FILE]... [-verify FILE]... [-skip REASON] [-duration S]")
 		return exitCode(2)
 	}
 	checksFile := filepath.Join(*dir, "checks.jsonl")
@@ -104,26 +104,42 @@ func cmdResult(_ context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if *skip == "" {
 		// Every verdict includes the outside check of the target.
-		c := Check{Check: "bin/verify: the target holds every source item exactly once"}
-		var v verifyReport
-		switch {
-		case *verifyFile == "":
-			c.Detail = "no verify report was given"
-		default:
-			if err := readJSON(*verifyFile, &v); err != nil {
-				c.Detail = err.Error()
-				break
-			}
-			res.Verify = &v
-			c.OK = v.OK
-			c.Detail = fmt.Sprintf("expected %d, in target %d, duplicates %d, lost %d, unexpected %d, malformed lines missing from failed.jsonl %d",
-				v.Expected, v.InTarget, v.Duplicates, v.Lost, v.Unexpected, v.FailedMissing)
-			if len(v.Problems) > 0 {
-				c.Detail += "; " + strings.Join(v.Problems, "; ")
+		if len(verifies) == 0 {
+			c := Check{Check: "bin/verify: the target holds every source item exactly once", Detail: "no verify report was given"}
+			if err := record(checksFile, c, stdout); err != nil {
+				return err
 			}
 		}
-		if err := record(checksFile, c, stdout); err != nil {
-			return err
+		for _, f := range verifies {
+			c := Check{Check: "bin/verify: the target holds every source item exactly once"}
+			if len(verifies) > 1 {
+				c.Check += " (" + filepath.Base(f) + ")"
+			}
+			var v verifyReport
+			if err := readJSON(f, &v); err != nil {
+				c.Detail = err.Error()
+			} else {
+				if res.Verify == nil {
+					res.Verify = &verifyReport{OK: true}
+				}
+				res.Verify.Expected += v.Expected
+				res.Verify.InTarget += v.InTarget
+				res.Verify.Duplicates += v.Duplicates
+				res.Verify.Lost += v.Lost
+				res.Verify.Unexpected += v.Unexpected
+				res.Verify.FailedMissing += v.FailedMissing
+				res.Verify.FailedRepeated += v.FailedRepeated
+				res.Verify.OK = res.Verify.OK && v.OK
+				c.OK = v.OK
+				c.Detail = fmt.Sprintf("expected %d, in target %d, duplicates %d, lost %d, unexpected %d, malformed lines missing from failed.jsonl %d",
+					v.Expected, v.InTarget, v.Duplicates, v.Lost, v.Unexpected, v.FailedMissing)
+				if len(v.Problems) > 0 {
+					c.Detail += "; " + strings.Join(v.Problems, "; ")
+				}
+			}
+			if err := record(checksFile, c, stdout); err != nil {
+				return err
+			}
 		}
 	}
 	checks, err := readChecks(checksFile)
@@ -182,19 +198,26 @@ func cmdTable(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	dir := fs.String("dir", ".faults", "the `DIR` holding one directory per scenario")
 	order := fs.String("order", "", "the scenarios, comma separated, in table order")
 	strict := fs.Bool("strict", false, "a skipped scenario fails the table too")
+	logs := fs.String("logs", "", "the `DIR` holding each scenario's output as <scenario>.log")
 	if err := fs.Parse(args); err != nil || *order == "" {
-		fmt.Fprintln(stderr, "usage: faultkit table -dir DIR -order a,b,c [-strict]")
+		fmt.Fprintln(stderr, "usage: faultkit table -dir DIR -order a,b,c [-logs DIR] [-strict]")
 		return exitCode(2)
 	}
 	header := []string{"scenario", "restarts by kind", "gc requests", "peak RSS / budget", "items expected", "in target", "duplicates", "lost", "verdict", "time"}
 	rows := [][]string{header}
+	logOf := func(name string) string {
+		if *logs == "" {
+			return "examples/" + name + "/run"
+		}
+		return filepath.Join(*logs, name+".log")
+	}
 	var notes []string
 	bad := 0
 	for _, name := range strings.Split(*order, ",") {
 		var r Result
 		if err := readJSON(filepath.Join(*dir, name, "result.json"), &r); err != nil {
 			if errors.Is(err, os.ErrNotExist) {
-				err = fmt.Errorf("no result.json: the scenario's script stopped before its verdict; see %s", filepath.Join(*dir, name, "run.log"))
+				err = fmt.Errorf("no result.json: the scenario's script stopped before its verdict; see %s", logOf(name))
 			}
 			rows = append(rows, []string{name, "—", "—", "—", "—", "—", "—", "—", "FAIL", "—"})
 			notes = append(notes, fmt.Sprintf("%s: %v", name, err))
@@ -218,7 +241,7 @@ func cmdTable(_ context.Context, args []string, stdout, stderr io.Writer) error 
 			}
 		default:
 			bad++
-			notes = append(notes, fmt.Sprintf("%s: failed checks: %s (see %s)", name, strings.Join(r.Failed, "; "), filepath.Join(*dir, name, "run.log")))
+			notes = append(notes, fmt.Sprintf("%s: failed checks: %s (see %s)", name, strings.Join(r.Failed, "; "), logOf(name)))
 		}
 		rows = append(rows, row)
 	}
