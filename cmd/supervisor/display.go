@@ -23,10 +23,9 @@ func isTerminal(w io.Writer) bool {
 // terminal serializes the progress bar and the log lines on stderr. A log
 // line first clears the bar's line; the bar redraws at its next update.
 type terminal struct {
-	mu     sync.Mutex
-	w      io.Writer
-	barOn  bool
-	barOut barWriter
+	mu    sync.Mutex
+	w     io.Writer
+	barOn bool
 }
 
 func (t *terminal) Write(p []byte) (int, error) {

@@ -49,6 +49,46 @@ type fakeRunner struct {
 	leakBytes   uint64
 	garbage     [][]byte
 	garbageSize uint64
+
+	report fakeReport
+}
+
+// fakeReport is what the benchmarks learn from inside a fake runner, in
+// the file $MEMVISOR_FAKE_REPORT_DIR/<pid>.json: when its RSS first
+// reached $MEMVISOR_FAKE_CRITICAL_BYTES, when the first GC request came,
+// and its peak RSS, read after every allocation.
+type fakeReport struct {
+	PID     int   `json:"pid"`
+	Crossed int64 `json:"crossed_unix_nano"`
+	GC      int64 `json:"gc_unix_nano"`
+	PeakRSS int64 `json:"peak_rss"`
+	// First and FirstRSS are the time and RSS of the first reading, so
+	// that the leak's rate can be told.
+	First    int64 `json:"first_unix_nano"`
+	FirstRSS int64 `json:"first_rss"`
+	critical int64
+	dir      string
+}
+
+func (f *fakeRunner) noteMemoryLocked(gc bool) {
+	r := &f.report
+	if r.dir == "" {
+		return
+	}
+	now := time.Now().UnixNano()
+	rss := int64(selfRSS())
+	if r.First == 0 {
+		r.First, r.FirstRSS = now, rss
+	}
+	r.PeakRSS = max(r.PeakRSS, rss)
+	if r.Crossed == 0 && r.critical > 0 && rss >= r.critical {
+		r.Crossed = now
+	}
+	if gc && r.GC == 0 {
+		r.GC = now
+	}
+	data, _ := json.Marshal(r)
+	_ = os.WriteFile(filepath.Join(r.dir, strconv.Itoa(r.PID)+".json"), data, 0o644)
 }
 
 type fakeCheckpoint struct {
@@ -58,7 +98,11 @@ type fakeCheckpoint struct {
 }
 
 func newFakeRunner(log zerolog.Logger) *fakeRunner {
-	return &fakeRunner{log: log, state: plugin.StateIdle, watchers: map[chan plugin.Event]struct{}{}}
+	f := &fakeRunner{log: log, state: plugin.StateIdle, watchers: map[chan plugin.Event]struct{}{}}
+	f.report.PID = os.Getpid()
+	f.report.dir = os.Getenv("MEMVISOR_FAKE_REPORT_DIR")
+	f.report.critical, _ = strconv.ParseInt(os.Getenv("MEMVISOR_FAKE_CRITICAL_BYTES"), 10, 64)
+	return f
 }
 
 // block stands for a hung runner: every call blocks for good.
@@ -187,6 +231,7 @@ func (f *fakeRunner) run() {
 					f.mu.Lock()
 					f.leaked = append(f.leaked, b)
 					f.leakBytes += uint64(len(b))
+					f.noteMemoryLocked(false)
 					f.mu.Unlock()
 					f.leakPending = 0
 				}
@@ -292,6 +337,9 @@ func (f *fakeRunner) Stats(context.Context) (plugin.Stats, error) {
 
 func (f *fakeRunner) GC(context.Context) (plugin.GCResult, error) {
 	f.block()
+	f.mu.Lock()
+	f.noteMemoryLocked(true)
+	f.mu.Unlock()
 	start := time.Now()
 	before := f.figures()
 	f.mu.Lock()

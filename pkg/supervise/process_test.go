@@ -71,7 +71,7 @@ func supervisorMain() int {
 }
 
 // startSupervisorProcess runs the test binary as a supervisor of spec.
-func startSupervisorProcess(t *testing.T, spec job.Spec) (*exec.Cmd, *bytes.Buffer, *syncBuffer) {
+func startSupervisorProcess(t testing.TB, spec job.Spec) (*exec.Cmd, *bytes.Buffer, *syncBuffer) {
 	t.Helper()
 	data, err := json.Marshal(spec)
 	if err != nil {
@@ -115,7 +115,7 @@ func checkpointOffset(spec job.Spec) int64 {
 	return cp.Offset
 }
 
-func waitCheckpoint(t *testing.T, spec job.Spec, n int64) {
+func waitCheckpoint(t testing.TB, spec job.Spec, n int64) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for checkpointOffset(spec) < n {
@@ -126,7 +126,7 @@ func waitCheckpoint(t *testing.T, spec job.Spec, n int64) {
 	}
 }
 
-func readRunnerPID(t *testing.T, spec job.Spec) int {
+func readRunnerPID(t testing.TB, spec job.Spec) int {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(spec.Dir(), supervise.PIDFile))
 	if err != nil {

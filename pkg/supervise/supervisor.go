@@ -52,6 +52,12 @@ type Options struct {
 	Backoff BackoffConfig
 	// RSS reads a runner's RSS from outside; default ProcRSS (gopsutil).
 	RSS RSSFunc
+	// StatsInterval is how often the runner's Stats (its heap, state and
+	// progress, and the proof that it still answers) are fetched; default
+	// 1s, and never more often than the job's sample_interval. RSS is
+	// sampled from outside every sample_interval regardless, and progress
+	// also comes on the Watch stream.
+	StatsInterval time.Duration
 }
 
 // Supervisor supervises one job: it starts a runner process, samples its
@@ -110,6 +116,10 @@ func New(spec job.Spec, opts Options) (*Supervisor, error) {
 	if opts.StartTimeout <= 0 {
 		opts.StartTimeout = 30 * time.Second
 	}
+	if opts.StatsInterval <= 0 {
+		opts.StatsInterval = time.Second
+	}
+	opts.StatsInterval = max(opts.StatsInterval, spec.Memory.SampleInterval.D())
 	var budget Budget
 	switch {
 	case opts.BudgetBytes > 0:
@@ -514,7 +524,7 @@ func (s *Supervisor) watch(ctx context.Context, c *plugin.Client) outcome {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		s.pollStats(actx, r, interval, rpcTimeout, statsCh)
+		s.pollStats(actx, r, s.opts.StatsInterval, rpcTimeout, statsCh)
 	}()
 	go func() {
 		defer wg.Done()

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
+	"github.com/memvisor/memvisor/internal/testbin"
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/supervise"
 	"github.com/memvisor/memvisor/plugin"
@@ -35,7 +36,10 @@ func TestMain(m *testing.M) {
 	case "supervisor":
 		os.Exit(supervisorMain())
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		testbin.Cleanup()
+		os.Exit(code)
+	}))
 }
 
 const mib = 1 << 20
