@@ -36,7 +36,7 @@ CLEANUP_HOOK=${CLEANUP_HOOK:-}
 say() { printf '== %s\n' "$*"; }
 
 setup() {
-	if [ ! -x "$BIN/supervisor" ] || [ ! -x "$BIN/runner" ] || [ ! -x "$BIN/verify" ]; then
+	if [ ! -x "$BIN/supervisor" ] || [ ! -x "$BIN/runner" ] || [ ! -x "$BIN/verify" ] || [ ! -x "$BIN/podio-emulator" ]; then
 		say "building the binaries (make build)"
 		make -s build
 	fi
