@@ -35,6 +35,9 @@ type ClientOptions struct {
 	Logger zerolog.Logger
 	// StartTimeout bounds the handshake; 0 means 30 s.
 	StartTimeout time.Duration
+	// OnStart, if set, is called with the pid as soon as the process has
+	// started, before the handshake: the moment to write a pidfile.
+	OnStart func(pid int)
 }
 
 // ErrStart wraps every failure to start a runner.
@@ -206,11 +209,12 @@ func (c *Client) flush() {
 // the terminal reaches the supervisor, which drains the runner, and not
 // the runner directly).
 type process struct {
-	cmd    *exec.Cmd
-	stdout io.ReadCloser
-	stderr io.ReadCloser
-	log    hclog.Logger
-	pidVal *atomic.Int64
+	cmd     *exec.Cmd
+	stdout  io.ReadCloser
+	stderr  io.ReadCloser
+	log     hclog.Logger
+	pidVal  *atomic.Int64
+	onStart func(pid int)
 
 	strayStdout atomic.Int64
 	done        chan struct{}
@@ -229,7 +233,7 @@ func newProcess(opts ClientOptions, env, pluginEnv []string, pid *atomic.Int64, 
 	// go-plugin's variables last, so they win over inherited ones.
 	cmd.Env = append(append([]string(nil), env...), pluginEnv...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	p := &process{cmd: cmd, log: l, pidVal: pid, done: make(chan struct{})}
+	p := &process{cmd: cmd, log: l, pidVal: pid, onStart: opts.OnStart, done: make(chan struct{})}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -255,6 +259,9 @@ func (p *process) Start(context.Context) error {
 	p.proc = p.cmd.Process
 	p.pidVal.Store(int64(p.proc.Pid))
 	p.log.Debug("runner process started", "path", p.cmd.Path)
+	if p.onStart != nil {
+		p.onStart(p.proc.Pid)
+	}
 	return nil
 }
 

@@ -420,6 +420,14 @@ func (s *Supervisor) attempt(ctx context.Context, lock *jobLock, req plugin.Star
 		Env:          s.env,
 		Logger:       s.log,
 		StartTimeout: s.opts.StartTimeout,
+		// The pidfile is written before the handshake, so that even a
+		// supervisor that dies during it leaves a runner that can be
+		// found and reaped.
+		OnStart: func(pid int) {
+			if err := lock.writePID(pid); err != nil {
+				s.log.Warn().Err(err).Msg("write runner pidfile")
+			}
+		},
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -428,9 +436,6 @@ func (s *Supervisor) attempt(ctx context.Context, lock *jobLock, req plugin.Star
 		return outcome{restart: RestartCrash, reason: err.Error()}
 	}
 	defer c.KillNow() // a no-op when already stopped
-	if err := lock.writePID(c.PID()); err != nil {
-		s.log.Warn().Err(err).Msg("write runner pidfile")
-	}
 	s.setClient(c)
 	defer s.setClient(nil)
 	s.policy.Reset()
@@ -757,6 +762,11 @@ func (s *Supervisor) watch(ctx context.Context, c *plugin.Client) outcome {
 					}
 					if errors.Is(res.err, context.DeadlineExceeded) {
 						return hang("Drain", drainTimeout)
+					}
+					if errors.Is(res.err, plugin.ErrNotStarted) && drain == drainPause {
+						// Stopped before its first batch: nothing to commit.
+						c.KillNow()
+						return outcome{final: true, status: StatusPaused, reason: drainReason}
 					}
 					if errors.Is(res.err, plugin.ErrFinished) {
 						// The job ended first; Stats will say how.
