@@ -558,7 +558,13 @@ func (s *Supervisor) watch(ctx context.Context, c *plugin.Client) outcome {
 		cancelAfter    bool // cancel once the drain in flight is done
 		ctxDone        = ctx.Done()
 		cancelDeadline <-chan time.Time
+		stopTimers     []Timer
 	)
+	defer func() {
+		for _, t := range stopTimers {
+			t.Stop()
+		}
+	}()
 	hang := func(call string, timeout time.Duration) outcome {
 		reason := fmt.Sprintf("runner did not answer %s within %s", call, timeout)
 		for _, a := range s.policy.Unresponsive(call, timeout) {
@@ -594,7 +600,9 @@ func (s *Supervisor) watch(ctx context.Context, c *plugin.Client) outcome {
 	}
 	startCancel := func() {
 		cancelling = true
-		cancelDeadline = time.After(drainTimeout + time.Second)
+		t := s.clock.NewTimer(drainTimeout + time.Second)
+		stopTimers = append(stopTimers, t)
+		cancelDeadline = t.C()
 		call(func() rpcResult {
 			cctx, cancel := context.WithTimeout(actx, drainTimeout)
 			defer cancel()
