@@ -32,7 +32,7 @@ func BenchmarkLeakReaction(b *testing.B) {
 	reports := b.TempDir()
 	spec := newSpec(b, 600, 1, func(s *job.Spec) {
 		s.Memory = job.DefaultMemory()
-		s.Inject.LeakBytesPerItem = 500 << 10
+		s.Inject.LeakBytesPerItem = 580 << 10 // with the batch overhead, about 50 MB/s
 		s.Inject.SlowBatch = job.Duration(10 * time.Millisecond)
 	})
 	critical := uint64(float64(budget) * spec.Memory.CriticalPercent / 100)
