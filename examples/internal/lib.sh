@@ -18,7 +18,8 @@ cd "$ROOT"
 BIN=${MEMVISOR_BIN:-$ROOT/bin}
 EX=examples/$SCENARIO
 W=.faults/$SCENARIO
-JOB=${JOB:-$EX/job.yaml}
+# FAULTS_JOB runs the scenario on another job file (to see a check fail, say).
+JOB=${FAULTS_JOB:-$EX/job.yaml}
 CHECKS=$W/checks.jsonl
 FK=${FAULTKIT:-$ROOT/.faults/bin/faultkit}
 export MEMVISOR_FAULTS_MARK="$SCENARIO.$$.$RANDOM$RANDOM"
