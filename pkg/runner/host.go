@@ -25,14 +25,15 @@ import (
 	"github.com/memvisor/memvisor/plugin"
 )
 
-// Errors.
+// Errors. They are the plugin's sentinels, so that errors.Is works on the
+// supervisor's side of the RPC too.
 var (
 	// ErrLocked means another runner holds the job's lock.
-	ErrLocked = errors.New("the job is being run by another runner")
+	ErrLocked = plugin.ErrJobLocked
 	// ErrStarted means Start was called twice.
-	ErrStarted = errors.New("the runner has already started a job")
+	ErrStarted = plugin.ErrAlreadyStarted
 	// ErrNotStarted means a job call came before Start.
-	ErrNotStarted = errors.New("the runner has not started a job")
+	ErrNotStarted = plugin.ErrNotStarted
 )
 
 // LockFile is the runner's lock in the job's state directory. The kernel
@@ -85,7 +86,7 @@ func New(log zerolog.Logger) *Host {
 func (h *Host) Start(ctx context.Context, req plugin.StartRequest) error {
 	spec, err := job.ParseJSON(req.Job)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", plugin.ErrInvalidJob, err)
 	}
 	return h.StartSpec(ctx, spec, req)
 }

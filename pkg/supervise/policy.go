@@ -118,6 +118,13 @@ type Action struct {
 //   - once GCCooldown has passed after that request, every further
 //     critical sample counts; CriticalSamples of them in a row ask for a
 //     graceful restart; a sample below critical ends the episode;
+//   - a critical sample that ends a steady climb (usage rose by more than
+//     half a percent of the budget in each of the last three intervals)
+//     and that, at the climb's average rate, would reach KillPercent
+//     within two sample intervals asks for a graceful restart at once,
+//     beside its GC request: a fast leak would otherwise cross the
+//     ceiling before GC could be judged, and be killed instead of
+//     drained. A one-off spike is not a steady climb;
 //   - usage at or above KillPercent asks for a kill at once, as does a
 //     runner that misses an RPC deadline (Unresponsive).
 //
@@ -133,7 +140,12 @@ type Policy struct {
 	afterGC    int       // consecutive critical samples after the cooldown
 	restarting bool
 	killed     bool
+	recent     [climbSamples]Sample // the last samples, oldest first
+	nrecent    int
 }
+
+// climbSamples is how many samples (three intervals) make a steady climb.
+const climbSamples = 4
 
 // NewPolicy returns a policy at level ok.
 func NewPolicy(cfg PolicyConfig) *Policy {
@@ -174,11 +186,46 @@ func (p *Policy) levelFor(pct float64) Level {
 	return LevelOK
 }
 
+// remember keeps s among the recent samples.
+func (p *Policy) remember(s Sample) {
+	if p.nrecent == climbSamples {
+		copy(p.recent[:], p.recent[1:])
+		p.nrecent--
+	}
+	p.recent[p.nrecent] = s
+	p.nrecent++
+}
+
+// climbing reports whether the recent samples are a steady climb that
+// would reach the kill ceiling within two sample intervals, and how soon.
+func (p *Policy) climbing() (time.Duration, bool) {
+	if p.nrecent < climbSamples {
+		return 0, false
+	}
+	step := p.cfg.Bytes(0.5)
+	for i := 1; i < climbSamples; i++ {
+		if p.recent[i].Usage() <= p.recent[i-1].Usage()+step || !p.recent[i].Time.After(p.recent[i-1].Time) {
+			return 0, false
+		}
+	}
+	first, last := p.recent[0], p.recent[climbSamples-1]
+	span := last.Time.Sub(first.Time)
+	rate := float64(last.Usage()-first.Usage()) / span.Seconds() // bytes a second
+	ceiling := p.cfg.Bytes(p.cfg.KillPercent)
+	if last.Usage() >= ceiling {
+		return 0, true
+	}
+	eta := time.Duration(float64(ceiling-last.Usage()) / rate * float64(time.Second))
+	interval := span / (climbSamples - 1)
+	return eta, eta <= 2*interval
+}
+
 // Observe takes one sample and returns what to do, in order.
 func (p *Policy) Observe(s Sample) []Action {
 	if p.killed {
 		return nil
 	}
+	p.remember(s)
 	usage := s.Usage()
 	pct := p.Percent(usage)
 	lvl := p.levelFor(pct)
@@ -208,10 +255,11 @@ func (p *Policy) Observe(s Sample) []Action {
 				return out
 			}
 			p.gcAt, p.lastGC, p.afterGC = s.Time, s.Time, 0
-			return append(out, act(ActionGC, fmt.Sprintf("usage %.1f%% of the budget is at or above critical_percent %g", pct, p.cfg.CriticalPercent)))
+			out = append(out, act(ActionGC, fmt.Sprintf("usage %.1f%% of the budget is at or above critical_percent %g", pct, p.cfg.CriticalPercent)))
+			return p.restartIfClimbing(out, act)
 		}
 		if s.Time.Sub(p.gcAt) < p.cfg.GCCooldown {
-			return out
+			return p.restartIfClimbing(out, act)
 		}
 		p.afterGC++
 		if p.afterGC >= p.cfg.CriticalSamples {
@@ -224,6 +272,21 @@ func (p *Policy) Observe(s Sample) []Action {
 		p.gcAt, p.afterGC = time.Time{}, 0
 	}
 	return out
+}
+
+// restartIfClimbing adds a graceful restart when usage climbs steadily
+// toward the ceiling.
+func (p *Policy) restartIfClimbing(out []Action, act func(ActionKind, string) Action) []Action {
+	eta, ok := p.climbing()
+	if !ok {
+		return out
+	}
+	p.restarting = true
+	first, last := p.recent[0], p.recent[p.nrecent-1]
+	rate := float64(last.Usage()-first.Usage()) / last.Time.Sub(first.Time).Seconds() / (1 << 20)
+	return append(out, act(ActionRestart, fmt.Sprintf(
+		"usage %.1f%% of the budget is climbing %.0f MiB/s and would reach kill_percent %g in %s, before GC could be judged",
+		p.Percent(last.Usage()), rate, p.cfg.KillPercent, eta.Round(time.Millisecond))))
 }
 
 func (p *Policy) levelReason(pct float64, to Level) string {

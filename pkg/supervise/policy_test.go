@@ -99,6 +99,33 @@ func TestPolicy(t *testing.T) {
 			{250 * ms, 500, 0, []string{"level:critical>ok"}},
 			{3000 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
 		}},
+		{"fast leak: a steady climb drains before the ceiling", []step{
+			{0, 600, 0, nil},
+			{250 * ms, 680, 0, nil},
+			{500 * ms, 760, 0, []string{"level:ok>warning"}},
+			{750 * ms, 860, 0, []string{"level:warning>critical", "gc", "restart"}}, // 347/s: 950 in 260ms
+			{1000 * ms, 930, 0, nil}, // draining
+		}},
+		{"fast leak caught within the GC cooldown", []step{
+			{0, 860, 0, []string{"level:ok>critical", "gc"}},
+			{250 * ms, 870, 0, nil},
+			{500 * ms, 890, 0, nil},
+			{750 * ms, 915, 0, []string{"restart"}}, // three rises; 950 at this pace within 2 intervals
+		}},
+		{"a spike in two steps is not a climb", []step{
+			{0, 300, 0, nil},
+			{250 * ms, 300, 0, nil},
+			{500 * ms, 600, 0, nil},
+			{750 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
+			{1000 * ms, 900, 0, nil},
+			{1250 * ms, 400, 0, []string{"level:critical>ok"}},
+		}},
+		{"a slow climb waits for GC to be judged", []step{
+			{0, 820, 0, []string{"level:ok>warning"}},
+			{250 * ms, 830, 0, nil},
+			{500 * ms, 840, 0, nil},
+			{750 * ms, 860, 0, []string{"level:warning>critical", "gc"}}, // 950 is 1.7s away at this pace
+		}},
 		{"straight to the ceiling", []step{
 			{0, 100, 0, nil},
 			{250 * ms, 950, 0, []string{"level:ok>kill", "kill"}},
