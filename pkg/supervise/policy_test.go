@@ -104,7 +104,7 @@ func TestPolicy(t *testing.T) {
 			{250 * ms, 680, 0, nil},
 			{500 * ms, 760, 0, []string{"level:ok>warning"}},
 			{750 * ms, 860, 0, []string{"level:warning>critical", "gc", "restart"}}, // 347/s: 950 in 260ms
-			{1000 * ms, 930, 0, nil}, // draining
+			{1000 * ms, 930, 0, nil},                                                // draining
 		}},
 		{"fast leak caught within the GC cooldown", []step{
 			{0, 860, 0, []string{"level:ok>critical", "gc"}},
