@@ -488,7 +488,7 @@ func (m *Manager) onEvent(aj *activeJob, h *hub, ev Event) {
 	switch {
 	case aj.quiet:
 	case ev.Kind == EventLevel:
-		memLine(aj.log.Warn(), ev, "level "+string(ev.Level)).Str("from", string(aj.level)).Str("level", string(ev.Level)).Msg("memory level changed")
+		memLine(aj.log.Warn(), ev, "level "+string(ev.Level)).Str("from", string(aj.level)).Str("memoryLevel", string(ev.Level)).Msg("memory level changed")
 		aj.level = ev.Level
 	case ev.Kind == EventGC:
 		memLine(aj.log.Warn(), ev, "gc request").Msg("asked the runner for GC")

@@ -120,7 +120,7 @@ type Action struct {
 //     graceful restart; a sample below critical ends the episode;
 //   - a critical sample that ends a steady climb (usage rose by more than
 //     half a percent of the budget in each of the last three intervals)
-//     and that, at the climb's average rate, would reach KillPercent
+//     and that, at the climb's slowest rate, would reach KillPercent
 //     within two sample intervals asks for a graceful restart at once,
 //     beside its GC request: a fast leak would otherwise cross the
 //     ceiling before GC could be judged, and be killed instead of
@@ -142,6 +142,7 @@ type Policy struct {
 	killed     bool
 	recent     [climbSamples]Sample // the last samples, oldest first
 	nrecent    int
+	climbRate  float64 // bytes a second, set by climbing
 }
 
 // climbSamples is how many samples (three intervals) make a steady climb.
@@ -198,25 +199,34 @@ func (p *Policy) remember(s Sample) {
 
 // climbing reports whether the recent samples are a steady climb that
 // would reach the kill ceiling within two sample intervals, and how soon.
+// The climb's rate is its slowest interval's: a leak rises at a steady
+// pace, while a one-off spike is one steep step among slow ones (the
+// cache's own growth), and must be left to GC.
 func (p *Policy) climbing() (time.Duration, bool) {
 	if p.nrecent < climbSamples {
 		return 0, false
 	}
 	step := p.cfg.Bytes(0.5)
+	rate := 0.0 // bytes a second, the slowest interval's
 	for i := 1; i < climbSamples; i++ {
-		if p.recent[i].Usage() <= p.recent[i-1].Usage()+step || !p.recent[i].Time.After(p.recent[i-1].Time) {
+		prev, cur := p.recent[i-1], p.recent[i]
+		dt := cur.Time.Sub(prev.Time).Seconds()
+		if cur.Usage() <= prev.Usage()+step || dt <= 0 {
 			return 0, false
+		}
+		r := float64(cur.Usage()-prev.Usage()) / dt
+		if i == 1 || r < rate {
+			rate = r
 		}
 	}
 	first, last := p.recent[0], p.recent[climbSamples-1]
-	span := last.Time.Sub(first.Time)
-	rate := float64(last.Usage()-first.Usage()) / span.Seconds() // bytes a second
 	ceiling := p.cfg.Bytes(p.cfg.KillPercent)
 	if last.Usage() >= ceiling {
 		return 0, true
 	}
 	eta := time.Duration(float64(ceiling-last.Usage()) / rate * float64(time.Second))
-	interval := span / (climbSamples - 1)
+	interval := last.Time.Sub(first.Time) / (climbSamples - 1)
+	p.climbRate = rate
 	return eta, eta <= 2*interval
 }
 
@@ -282,8 +292,8 @@ func (p *Policy) restartIfClimbing(out []Action, act func(ActionKind, string) Ac
 		return out
 	}
 	p.restarting = true
-	first, last := p.recent[0], p.recent[p.nrecent-1]
-	rate := float64(last.Usage()-first.Usage()) / last.Time.Sub(first.Time).Seconds() / (1 << 20)
+	last := p.recent[p.nrecent-1]
+	rate := p.climbRate / (1 << 20)
 	return append(out, act(ActionRestart, fmt.Sprintf(
 		"usage %.1f%% of the budget is climbing %.0f MiB/s and would reach kill_percent %g in %s, before GC could be judged",
 		p.Percent(last.Usage()), rate, p.cfg.KillPercent, eta.Round(time.Millisecond))))

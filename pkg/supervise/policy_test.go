@@ -108,9 +108,9 @@ func TestPolicy(t *testing.T) {
 		}},
 		{"fast leak caught within the GC cooldown", []step{
 			{0, 860, 0, []string{"level:ok>critical", "gc"}},
-			{250 * ms, 870, 0, nil},
-			{500 * ms, 890, 0, nil},
-			{750 * ms, 915, 0, []string{"restart"}}, // three rises; 950 at this pace within 2 intervals
+			{250 * ms, 880, 0, nil},
+			{500 * ms, 900, 0, nil},
+			{750 * ms, 920, 0, []string{"restart"}}, // three steady rises; 950 at this pace within 2 intervals
 		}},
 		{"a spike in two steps is not a climb", []step{
 			{0, 300, 0, nil},
@@ -119,6 +119,14 @@ func TestPolicy(t *testing.T) {
 			{750 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
 			{1000 * ms, 900, 0, nil},
 			{1250 * ms, 400, 0, []string{"level:critical>ok"}},
+		}},
+		{"a spike on top of the cache's slow growth is not a climb", []step{
+			{0, 200, 0, nil},
+			{100 * ms, 210, 0, nil},
+			{200 * ms, 220, 0, nil},
+			{300 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
+			{400 * ms, 905, 0, nil},
+			{500 * ms, 300, 0, []string{"level:critical>ok"}},
 		}},
 		{"a slow climb waits for GC to be judged", []step{
 			{0, 820, 0, []string{"level:ok>warning"}},

@@ -952,7 +952,7 @@ func (s *Supervisor) memLog(ev *zerolog.Event, context string, m Memory) *zerolo
 		Float64("heapUsedPercent", round1(m.Percent)).
 		Float64("rssMB", mb(m.RSS)).
 		Float64("budgetMB", mb(m.Budget)).
-		Str("level", string(m.Level))
+		Str("memoryLevel", string(m.Level))
 }
 
 func mb(b uint64) float64 { return round1(float64(b) / (1 << 20)) }
