@@ -3,6 +3,7 @@ package slimcache
 import (
 	"encoding/binary"
 	"hash/maphash"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
@@ -69,7 +70,11 @@ type Cache struct {
 	now        func() time.Time
 	wallBase   int64
 	monoBase   time.Time
+	lastClock  int64  // the clock as a lookup last read it
+	alarm      *alarm // alarm.due: a lookup must read the clock
+	margin     int64  // zero: no timer, alarm.due stays set
 	seed       maphash.Seed
+	hashMask   uint64
 
 	// The arena. Record offsets are chunk<<chunkBits | position.
 	chunks    [][]byte
@@ -80,8 +85,7 @@ type Cache struct {
 	arenaUsed int64  // bytes of records in the chunks held
 	garbage   int64  // bytes of dead records in the chunks held
 
-	// The hash table: groups of 8 slots, each group 5 words (a control
-	// word of 8 tag bytes, then 8 uint32 record offsets).
+	// The hash table: groups of 12 slots in 8 words (see table.go).
 	words   []uint64
 	ngroups uint64
 	live    int
@@ -114,9 +118,9 @@ const (
 	flagDead    = 1
 	flagVisited = 2
 
-	groupSlots = 8
-	groupWords = 5
-	groupLimit = 7 // at most 7 of 8 slots are full or deleted
+	groupSlots  = 12
+	groupWords  = 8
+	groupLimit2 = 21 // at most 10.5 of 12 slots (7 in 8) are full or deleted
 
 	ctrlEmpty   = 0x00
 	ctrlDeleted = 0x01
@@ -140,9 +144,12 @@ func newCache(opts Options) *Cache {
 	c := &Cache{
 		now:        opts.Now,
 		seed:       maphash.MakeSeed(),
+		hashMask:   ^uint64(0),
 		maxChunks:  maxChunkCount,
 		minGarbage: defaultMinGarbage,
 	}
+	c.alarm = &alarm{}
+	c.alarm.due.Store(true)
 	if opts.Now == nil {
 		c.monoBase = time.Now()
 		c.wallBase = c.monoBase.UnixNano()
@@ -157,6 +164,9 @@ func newCache(opts Options) *Cache {
 		}
 		c.ttl = int64(ttl)
 		c.gran = min(max(c.ttl/1024, 1), int64(time.Second))
+		if opts.Now == nil && c.ttl >= int64(time.Second) {
+			c.margin = min(c.ttl/4, int64(time.Minute))
+		}
 	}
 	if opts.MaxEntries > 0 {
 		c.maxEntries = opts.MaxEntries
@@ -226,13 +236,19 @@ func (c *Cache) Lookup(key string) (id int64, found, certain bool) {
 		c.misses++
 		return 0, false, !c.lossy
 	}
-	slot, off, ok := c.find(key, c.hashString(key))
+	var off uint32
+	var ok bool
+	if h := c.hashString(key); len(key) < 32 {
+		off, ok = c.lookupShort(key, h)
+	} else {
+		_, off, ok = c.find(key, h)
+	}
 	if !ok {
 		c.misses++
 		return 0, false, !c.lossy
 	}
-	if c.ttl >= 0 && c.expired(off, c.clock()) {
-		c.clearSlot(slot)
+	if c.ttl >= 0 && c.alarm.due.Load() && c.mayHaveExpired() && c.expired(off, c.lastClock) {
+		c.clearSlot(c.slotOf(off))
 		c.markDead(off)
 		c.expirations++
 		c.misses++
@@ -240,12 +256,56 @@ func (c *Cache) Lookup(key string) (id int64, found, certain bool) {
 		c.skipDeadHead()
 		return 0, false, false
 	}
-	ch, p, ks, kl := c.decode(off)
+	c.hits++
+	ch := c.chunks[off>>chunkBits]
+	p := int(off & chunkMask)
+	idAt := p + uvarintLen(uint64(len(key))<<2) + len(key)
 	if c.maxEntries > 0 {
 		ch[p] |= flagVisited
 	}
-	c.hits++
-	return int64(binary.LittleEndian.Uint64(ch[ks+kl:])), true, true
+	return int64(binary.LittleEndian.Uint64(ch[idAt:])), true, true
+}
+
+// mayHaveExpired reports whether a lookup must check the found entry's
+// age, reading the clock into lastClock if needed.
+//
+// Reading the real clock costs tens of nanoseconds here and, worse,
+// orders memory loads, so that consecutive lookups can no longer overlap
+// their cache misses: it would double the cost of a hit. So with the
+// real clock (and a TTL of at least a second), a lookup skips the clock
+// while a runtime timer says that the earliest possible expiry of any
+// entry is more than a margin (TTL/4, at most a minute) away. Once the
+// timer fires, every lookup reads the clock, until the earliest expiry
+// has moved on and the timer is set again. An injected clock is read on
+// every lookup.
+func (c *Cache) mayHaveExpired() bool {
+	now := c.clock()
+	c.lastClock = now
+	if c.margin == 0 {
+		return true // no timer: read the clock every time
+	}
+	if early := c.cpTime[0] + c.ttl - c.margin; now < early {
+		c.alarm.set(time.Duration(early - now))
+		return false
+	}
+	return true
+}
+
+// alarm is a timer that marks, from another goroutine, that the earliest
+// expiry is near (due). It refers to nothing else, so a dropped Cache is
+// not kept alive by its pending timer. Without a timer, due stays set.
+type alarm struct {
+	due   atomic.Bool
+	timer *time.Timer
+}
+
+func (a *alarm) set(d time.Duration) {
+	a.due.Store(false)
+	if a.timer == nil {
+		a.timer = time.AfterFunc(d, func() { a.due.Store(true) })
+		return
+	}
+	a.timer.Reset(d)
 }
 
 // Put stores itemID for key, replacing any id stored before (the last
@@ -466,5 +526,5 @@ func (c *Cache) groupsAfterCompaction() uint64 {
 
 // groupsFor returns the number of groups that hold n entries.
 func groupsFor(n int) uint64 {
-	return uint64(max((n+groupLimit-1)/groupLimit, 1))
+	return uint64(max((2*n+groupLimit2-1)/groupLimit2, 1))
 }

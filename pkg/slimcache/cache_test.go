@@ -60,6 +60,41 @@ func TestPrefixesAreDistinctKeys(t *testing.T) {
 	mustMiss(t, c, "b", true)
 }
 
+func TestKeysDifferingInOneByte(t *testing.T) {
+	// Every key length from 0 to 40 (one- and two-byte headers, the
+	// word-compare paths for short keys), each against keys that differ
+	// from it in a single byte at every position.
+	// The hash is narrowed to four values, so that nearly every probe
+	// compares nearly every key: only the key bytes tell them apart.
+	c := slimcache.New(slimcache.Options{})
+	slimcache.SetHashMask(c, 0x8000_0000_0000_0001)
+	id := int64(0)
+	want := map[string]int64{}
+	for n := range 41 {
+		base := []byte(strings.Repeat("m", n))
+		for i := range base {
+			base[i] = byte('a' + (i*7+n)%26)
+		}
+		want[string(base)] = id
+		c.Put(string(base), id)
+		id++
+		for i := range n {
+			v := append([]byte(nil), base...)
+			v[i] ^= 0x20
+			if _, ok := c.Get(string(v)); ok {
+				t.Fatalf("length %d: a key differing at byte %d found before it was put", n, i)
+			}
+			want[string(v)] = id
+			c.Put(string(v), id)
+			id++
+		}
+	}
+	for k, v := range want {
+		mustGet(t, c, k, v)
+	}
+	checkInvariants(t, c)
+}
+
 func TestManyEntriesGrowAndStayExact(t *testing.T) {
 	const n = 150_000
 	for _, hint := range []int{0, n} {
@@ -308,12 +343,28 @@ func TestTTL(t *testing.T) {
 		mustMiss(t, c, "b", false)
 		checkInvariants(t, c)
 	})
-	t.Run("real clock", func(t *testing.T) {
+	t.Run("real clock, short TTL", func(t *testing.T) {
 		c := slimcache.New(slimcache.Options{TTL: 20 * time.Millisecond})
 		c.Put("a", 1)
 		mustGet(t, c, "a", 1)
 		time.Sleep(40 * time.Millisecond)
 		mustMiss(t, c, "a", false)
+	})
+	t.Run("real clock, lookups far apart", func(t *testing.T) {
+		// With a TTL of a second or more, lookups skip the real clock
+		// until a timer marks the earliest expiry as near. A lookup
+		// after a long pause must still see the entry expired.
+		c := slimcache.New(slimcache.Options{TTL: 1200 * time.Millisecond})
+		c.Put("a", 1)
+		for range 1000 {
+			mustGet(t, c, "a", 1)
+		}
+		time.Sleep(1300 * time.Millisecond)
+		mustMiss(t, c, "a", false)
+		c.Put("b", 2) // a new deadline: the timer is set again
+		mustGet(t, c, "b", 2)
+		time.Sleep(1300 * time.Millisecond)
+		mustMiss(t, c, "b", false)
 	})
 	t.Run("delete of an expired entry", func(t *testing.T) {
 		clk := newFakeClock()

@@ -29,16 +29,16 @@
 // caps the arena at 4095 chunks (4 GiB, about 120M 24-byte entries).
 //
 // The hash table (a seeded hash/maphash hash) is open addressing over
-// groups of 8 slots. A group is five 64-bit words: a control word with
-// one byte per slot (empty, deleted, or full with 7 bits of the hash),
-// then the 8 slots' uint32 record offsets. A probe compares the 8 control
-// bytes at once and visits the arena only on a tag match. At most 7 slots
-// in 8 are in use, so the table costs 5 bytes a slot, about 5.7 bytes an
-// entry when full; the number of groups is not a power of two, so that
-// the table can be sized to the entries it holds. Without a size hint
-// the table grows 1.5 times at a time. Growing drops the old table before
-// building the new one from a sequential scan of the arena, so the old
-// and the new table are never both held.
+// groups of 12 slots, each group one 64-byte cache line: two words of
+// control bytes (one per slot: empty, deleted, or full with an 8-bit tag
+// of the hash), then the 12 slots' uint32 record offsets. A probe compares
+// the 12 tags in two word operations and visits the arena only on a tag
+// match. At most 7 slots in 8 are in use, so the table costs 5.33 bytes a
+// slot, about 6.1 bytes an entry when full; the number of groups is not a
+// power of two, so that the table can be sized to the entries it holds.
+// Without a size hint the table grows 1.5 times at a time. Growing drops
+// the old table before building the new one from a sequential scan of
+// the arena, so the old and the new table are never both held.
 //
 // Time is not stored per entry. Records are appended in time order, so a
 // short list of checkpoints (offset, put time as int64 Unix nanoseconds)
@@ -74,7 +74,21 @@
 // lookup that finds an expired entry removes it and reports a miss, and
 // a Put first drops the expired records at the head of the arena (they
 // form a prefix, since records are in time order). Overwriting a key
-// restarts its TTL. The clock is injectable (Options.Now).
+// restarts its TTL.
+//
+// The clock is injectable (Options.Now); an injected clock is read on
+// every lookup. The real clock is read as the wall time at New plus the
+// monotonic time since. Reading it costs tens of nanoseconds and orders
+// memory loads, which would keep consecutive lookups from overlapping
+// their cache misses, so with a TTL of a second or more a lookup does not
+// read it while a runtime timer says that the earliest possible expiry
+// of any entry is more than a margin (TTL/4, at most a minute) away. Once
+// the timer has fired, every lookup reads the clock until the earliest
+// expiry has moved on. Only if the process is stopped across that margin
+// (SIGSTOP, a suspended VM) can a lookup in the first instants after it
+// resumes, before the overdue timer runs, return an entry that has just
+// expired. The timer's function refers only to a flag, so a dropped Cache
+// is collected even while its timer is pending.
 //
 // # Bounded mode
 //

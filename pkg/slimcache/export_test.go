@@ -10,6 +10,15 @@ func SetMinGarbage(c *Cache, n int64) { c.minGarbage = n }
 // the arena.
 func SetMaxChunks(c *Cache, n int) { c.maxChunks = n }
 
+// SetHashMask narrows every hash to mask, so that keys collide in group
+// and tag, and rebuilds the table for it.
+func SetHashMask(c *Cache, mask uint64) {
+	c.hashMask = mask
+	if c.words != nil {
+		c.relayout(c.clock(), false, c.ngroups)
+	}
+}
+
 // ArenaBytes returns the bytes of records held, dead ones included, and
 // the dead bytes.
 func ArenaBytes(c *Cache) (used, garbage int64) { return c.arenaUsed, c.garbage }
@@ -64,11 +73,9 @@ func CheckInvariants(c *Cache) error {
 		case b == ctrlEmpty:
 		case b == ctrlDeleted:
 			tombs++
-		case b&0x80 != 0:
+		default:
 			full++
-			base := s / groupSlots * groupWords
-			j := s % groupSlots
-			off := uint32(c.words[base+1+j>>1] >> (32 * (j & 1)))
+			off := offsetAt(c.words, s/groupSlots*groupWords, s%groupSlots)
 			ch, p, ks, kl := c.decode(off)
 			if ch[p]&flagDead != 0 {
 				return fmt.Errorf("slot %d points at dead record %#x", s, off)
@@ -80,12 +87,15 @@ func CheckInvariants(c *Cache) error {
 			if c.slotOf(off) != s {
 				return fmt.Errorf("slot %d not reached by its key's probe", s)
 			}
-		default:
-			return fmt.Errorf("slot %d control byte %#x", s, b)
 		}
 	}
 	if full != c.live || tombs != c.tombs {
 		return fmt.Errorf("live/tombs %d/%d, table holds %d/%d", c.live, c.tombs, full, tombs)
+	}
+	for g := uint64(0); g < c.ngroups; g++ {
+		if spareBytes := c.words[g*groupWords+1] >> 32; spareBytes != 0 {
+			return fmt.Errorf("group %d: unused control bytes %#x", g, spareBytes)
+		}
 	}
 	if c.live+c.tombs > c.limit {
 		return fmt.Errorf("live+tombs %d over limit %d", c.live+c.tombs, c.limit)

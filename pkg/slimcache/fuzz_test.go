@@ -37,7 +37,7 @@ type refEntry struct {
 
 // FuzzCache runs a sequence of operations against the cache and a
 // reference map. The first byte picks the mode: bounded (and its bound),
-// TTL, eager compaction, a tiny arena. After every operation: a found
+// TTL, eager compaction, a tiny arena, colliding hashes. After every operation: a found
 // entry has the right id; a certain miss is a key that is not in the
 // reference at all, and once the cache has evicted, expired or rejected
 // an entry no miss is certain; in unbounded mode without a full arena,
@@ -70,6 +70,11 @@ func FuzzCache(f *testing.F) {
 			}
 			if cfg&8 != 0 {
 				slimcache.SetMaxChunks(c, 2)
+			}
+			if cfg&0x80 != 0 {
+				// Keys collide in group and tag: only the key bytes
+				// tell them apart.
+				slimcache.SetHashMask(c, 0x8000_0000_0000_0003)
 			}
 		}
 		c := slimcache.New(opts)
