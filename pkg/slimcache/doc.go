@@ -26,7 +26,7 @@
 // so a 24-byte key takes 33 bytes. The two flag bits mark a record dead
 // (deleted, overwritten, evicted or expired) and visited (for CLOCK). A
 // record is addressed by a uint32 offset, chunk<<20 | position, which
-// caps the arena at 4095 chunks (4 GiB, about 120M 24-byte entries).
+// caps the arena at 4095 chunks (4 GiB, about 130M 24-byte entries).
 //
 // The hash table (a seeded hash/maphash hash) is open addressing over
 // groups of 12 slots, each group one 64-byte cache line: two words of
