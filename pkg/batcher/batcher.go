@@ -453,8 +453,8 @@ func (b *Batcher) loadSnapshot(s *checkpoint.Snapshot) (*slimcache.Cache, *slimc
 }
 
 // loop runs batches from the checkpoint's cursor. The next page is read
-// from the source while the current batch commits; nothing of it is
-// written before the commit is durable.
+// and prepared while the current batch commits; nothing of it is planned
+// or written before the commit is durable.
 func (b *Batcher) loop(ctx context.Context) (Result, error) {
 	b.setPhase("running")
 	cur := b.cp.Source
@@ -471,7 +471,7 @@ func (b *Batcher) loop(ctx context.Context) (Result, error) {
 		if r.err != nil {
 			return Result{}, fmt.Errorf("read source at item %d: %w", cur.Index, r.err)
 		}
-		if err := b.processBatch(ctx, r.recs); err != nil {
+		if err := b.processTasks(ctx, r.tasks); err != nil {
 			return Result{}, err
 		}
 		page = b.readAhead(ctx, r.next)
@@ -484,13 +484,16 @@ func (b *Batcher) loop(ctx context.Context) (Result, error) {
 }
 
 type pageResult struct {
-	recs []connector.Record
-	next connector.Cursor
-	end  bool
-	err  error
+	tasks []task
+	next  connector.Cursor
+	end   bool
+	err   error
 }
 
-// readAhead reads the page at cur in the background.
+// readAhead reads and prepares the page at cur in the background:
+// decoding, normalizing match values and mapping fields need nothing from
+// the batch still committing, so they overlap its fsyncs. Planning and
+// writing wait for the commit.
 func (b *Batcher) readAhead(ctx context.Context, cur connector.Cursor) <-chan pageResult {
 	ch := make(chan pageResult, 1)
 	n := b.o.Spec.BatchSize
@@ -509,7 +512,7 @@ func (b *Batcher) readAhead(ctx context.Context, cur connector.Cursor) <-chan pa
 		case err != nil && !errors.Is(err, io.EOF):
 			ch <- pageResult{err: err}
 		default:
-			ch <- pageResult{recs: recs, next: next}
+			ch <- pageResult{tasks: b.prepareAll(recs), next: next}
 		}
 	}()
 	return ch

@@ -42,6 +42,12 @@ type task struct {
 // what stops the job (ctx cancelled, failures log unwritable); a failed
 // item is recorded and counted.
 func (b *Batcher) processBatch(ctx context.Context, recs []connector.Record) error {
+	return b.processTasks(ctx, b.prepareAll(recs))
+}
+
+// prepareAll prepares a batch's records. It reads nothing the batch before
+// it writes, so the loop runs it while that batch commits.
+func (b *Batcher) prepareAll(recs []connector.Record) []task {
 	tasks := make([]task, len(recs))
 	for i := range recs {
 		if b.o.BeforeItem != nil {
@@ -49,6 +55,11 @@ func (b *Batcher) processBatch(ctx context.Context, recs []connector.Record) err
 		}
 		tasks[i] = b.prepare(recs[i])
 	}
+	return tasks
+}
+
+// processTasks plans and writes prepared tasks.
+func (b *Batcher) processTasks(ctx context.Context, tasks []task) error {
 	pending := tasks
 	for len(pending) > 0 {
 		b.plan(ctx, pending)

@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -24,7 +24,7 @@ type Item struct {
 
 // ExternalID is the key the target stores for a source item: the decimal
 // source item id.
-func ExternalID(sourceID int64) string { return fmt.Sprintf("%d", sourceID) }
+func ExternalID(sourceID int64) string { return strconv.FormatInt(sourceID, 10) }
 
 // Record is one position of the source: an item, or an entry that could
 // not be read (a malformed line), which goes to failed.jsonl.

@@ -45,7 +45,7 @@ func AppendFields(dst []byte, f connector.Fields) []byte {
 		switch {
 		case len(v) == 0:
 			dst = append(dst, "null"...)
-		case bytes.ContainsAny(v, "\n\r"):
+		case bytes.IndexByte(v, '\n') >= 0 || bytes.IndexByte(v, '\r') >= 0:
 			var b bytes.Buffer
 			if err := json.Compact(&b, v); err != nil {
 				dst = append(dst, "null"...)
