@@ -129,7 +129,7 @@ func (c *jobCollector) Collect(ch chan<- prometheus.Metric) {
 		if m.Budget > 0 {
 			g(descUsage, float64(m.RSS)/float64(m.Budget))
 		}
-		g(descLevel, m.Level.Value())
+		g(descLevel, float64(m.Level.Rank()))
 		cnt(descGC, float64(s.GCRequests))
 		cnt(descRestarts, float64(s.Restarts.Graceful), "graceful")
 		cnt(descRestarts, float64(s.Restarts.Crash), "crash")

@@ -118,7 +118,7 @@ func (a *superviseAdapter) Snapshot() Snapshot {
 
 func fromSuperviseMemory(m supervise.Memory) Memory {
 	return Memory{
-		RSS: m.RSS, Heap: m.Heap, Budget: m.Budget, Level: Level(m.Level),
+		RSS: m.RSS, Heap: m.Heap, Budget: m.Budget, Level: m.Level,
 		WarningBytes: m.WarningBytes, CriticalBytes: m.CriticalBytes,
 	}
 }
@@ -135,7 +135,7 @@ func fromSuperviseEvent(ev supervise.Event) (Event, bool) {
 	case supervise.EventMemory:
 		out.Memory = &mem
 	case supervise.EventLevel:
-		out.Memory, out.Level = &mem, Level(ev.Level)
+		out.Memory, out.Level = &mem, ev.Level
 	case supervise.EventGC:
 		out.Memory = &mem
 	case supervise.EventRestart:

@@ -8,6 +8,7 @@ import (
 
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service/registry"
+	"github.com/memvisor/memvisor/pkg/supervise"
 	"github.com/memvisor/memvisor/plugin"
 )
 
@@ -48,29 +49,17 @@ type Outcome struct {
 // logger and emit receives its events; emit must not block for long.
 type Factory func(spec job.Spec, log zerolog.Logger, emit func(Event)) (Supervisor, error)
 
-// Level names a memory level, as DESIGN.md section 4 defines them.
-type Level string
+// Level is a memory level, as DESIGN.md section 4 defines them: the
+// supervisor's own type.
+type Level = supervise.Level
 
 // The memory levels.
 const (
-	LevelOK       Level = "ok"
-	LevelWarning  Level = "warning"
-	LevelCritical Level = "critical"
-	LevelKill     Level = "kill"
+	LevelOK       = supervise.LevelOK
+	LevelWarning  = supervise.LevelWarning
+	LevelCritical = supervise.LevelCritical
+	LevelKill     = supervise.LevelKill
 )
-
-// Value is the level as a number, for the level gauge.
-func (l Level) Value() float64 {
-	switch l {
-	case LevelWarning:
-		return 1
-	case LevelCritical:
-		return 2
-	case LevelKill:
-		return 3
-	}
-	return 0
-}
 
 // Memory is one memory reading of a runner against its budget.
 type Memory struct {

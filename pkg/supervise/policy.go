@@ -18,7 +18,9 @@ const (
 	LevelKill     Level = "kill"
 )
 
-func (l Level) rank() int {
+// Rank orders the levels: 0 for ok up to 3 for kill. The service's level
+// gauge reports it.
+func (l Level) Rank() int {
 	switch l {
 	case LevelWarning:
 		return 1
@@ -300,7 +302,7 @@ func (p *Policy) restartIfClimbing(out []Action, act func(ActionKind, string) Ac
 }
 
 func (p *Policy) levelReason(pct float64, to Level) string {
-	if to.rank() > p.level.rank() {
+	if to.Rank() > p.level.Rank() {
 		return fmt.Sprintf("usage %.1f%% of the budget reached %s_percent %g", pct, to, p.threshold(to))
 	}
 	return fmt.Sprintf("usage %.1f%% of the budget fell below %s_percent %g", pct, p.level, p.threshold(p.level))

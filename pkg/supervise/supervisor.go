@@ -660,7 +660,7 @@ func (s *Supervisor) watch(ctx context.Context, c *plugin.Client) outcome {
 				switch a.Kind {
 				case ActionLevel:
 					ev := s.log.Info()
-					if a.To.rank() > a.From.rank() {
+					if a.To.Rank() > a.From.Rank() {
 						ev = s.log.Warn()
 					}
 					s.memLog(ev, "memory.level", mem).Str("from", string(a.From)).Str("reason", a.Reason).

@@ -2,7 +2,6 @@ package e2e_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,64 +9,22 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
 	"github.com/memvisor/memvisor/internal/testbin"
-	"github.com/memvisor/memvisor/pkg/service"
-	"github.com/memvisor/memvisor/pkg/service/servicetest"
-)
-
-// The test binary runs the service when these are set, so that the tests
-// can treat it as a real process.
-const (
-	envHelper = "MEMVISOR_E2E_SERVE"
-	envTick   = "MEMVISOR_E2E_TICK"
-	// envReal makes the helper use the real supervisor and runner
-	// (runner_path in the config) instead of the simulation.
-	envReal = "MEMVISOR_E2E_REAL"
 )
 
 func TestMain(m *testing.M) {
-	if cfgPath := os.Getenv(envHelper); cfgPath != "" {
-		os.Exit(serveMain(cfgPath))
-	}
 	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
 		testbin.Cleanup()
 		os.Exit(code)
 	}))
-}
-
-// serveMain is what `supervisor serve --config FILE` does, with the
-// simulated supervisor.
-func serveMain(cfgPath string) int {
-	log := zerolog.New(os.Stderr).With().Timestamp().Logger()
-	cfg, err := service.Load(cfgPath)
-	if err != nil {
-		log.Error().Err(err).Msg("config")
-		return 2
-	}
-	tick, _ := time.ParseDuration(os.Getenv(envTick))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	opts := []service.Option{service.WithLogger(log), service.WithTick(100 * time.Millisecond)}
-	if os.Getenv(envReal) == "" {
-		opts = append(opts, service.WithFactory(servicetest.Factory(servicetest.Options{Tick: tick})))
-	}
-	err = service.Serve(ctx, cfg, opts...)
-	if err != nil {
-		log.Error().Err(err).Msg("serve")
-		return 1
-	}
-	return 0
 }
 
 // proc is a running service process.
@@ -97,14 +54,6 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startServe starts the service, simulated jobs and all, in the test
-// binary, on a free loopback port with the given extra config lines and
-// environment, and waits until /readyz answers.
-func startServe(t testing.TB, stateDir, extraYAML string, tick time.Duration, env ...string) *proc {
-	t.Helper()
-	return launch(t, "", stateDir, extraYAML, append(env, envTick+"="+tick.String())...)
-}
-
 // startSupervisor starts the real `supervisor serve --config FILE` with
 // the real runner (both built from the working tree).
 func startSupervisor(t testing.TB, stateDir, extraYAML string, env ...string) *proc {
@@ -122,15 +71,8 @@ func launch(t testing.TB, bin, stateDir, extraYAML string, env ...string) *proc 
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var cmd *exec.Cmd
-	if bin == "" {
-		cmd = exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), envHelper+"="+cfgPath)
-	} else {
-		cmd = exec.Command(bin, "serve", "--config", cfgPath)
-		cmd.Env = os.Environ()
-	}
-	cmd.Env = append(cmd.Env, env...)
+	cmd := exec.Command(bin, "serve", "--config", cfgPath)
+	cmd.Env = append(os.Environ(), env...)
 	p := &proc{t: t, cmd: cmd, base: fmt.Sprintf("http://127.0.0.1:%d", port), stderr: &lockedBuffer{}, waited: make(chan error, 1)}
 	for _, e := range env {
 		if v, ok := strings.CutPrefix(e, "MEMVISOR_TOKEN="); ok {
