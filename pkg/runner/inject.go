@@ -69,11 +69,13 @@ func (in *injector) beforeItem(index int64) {
 	}
 	if cfg.SpikeAtItem == item && cfg.SpikeBytes > 0 && in.fireOnce("spike") {
 		n := int(cfg.SpikeBytes)
+		// Hold the lock while the pages fill: a GC asked for as RSS
+		// crosses critical then waits, and frees the whole spike.
+		in.mu.Lock()
 		b := make([]byte, n)
 		for i := 0; i < n; i += 4096 {
 			b[i] = 1
 		}
-		in.mu.Lock()
 		in.spike = b
 		in.mu.Unlock()
 		in.log.Warn().Str("inject", "spike").Int64("item", item).Int("bytes", n).

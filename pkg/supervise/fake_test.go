@@ -218,8 +218,10 @@ func (f *fakeRunner) run() {
 				select {}
 			}
 			if inj.SpikeAtItem == item && f.fire("spike") {
-				b := mapPopulated(int(inj.SpikeBytes))
+				// Hold the lock while the pages fill, so that a GC asked
+				// for as RSS crosses critical frees the whole spike.
 				f.mu.Lock()
+				b := mapPopulated(int(inj.SpikeBytes))
 				f.garbage = append(f.garbage, b)
 				f.garbageSize += uint64(len(b))
 				f.mu.Unlock()
