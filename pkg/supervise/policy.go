@@ -120,13 +120,13 @@ type Action struct {
 //   - once GCCooldown has passed after that request, every further
 //     critical sample counts; CriticalSamples of them in a row ask for a
 //     graceful restart; a sample below critical ends the episode;
-//   - a critical sample that ends a steady climb (usage rose by more than
-//     half a percent of the budget in each of the last three intervals)
-//     and that, at the climb's slowest rate, would reach KillPercent
-//     within two sample intervals asks for a graceful restart at once,
-//     beside its GC request: a fast leak would otherwise cross the
-//     ceiling before GC could be judged, and be killed instead of
-//     drained. A one-off spike is not a steady climb;
+//   - when the runner answers a GC request (GCDone) still at or above
+//     critical, after a steady climb (usage rose by more than half a
+//     percent of the budget in each of the last three intervals) that,
+//     at its slowest interval's rate, would reach KillPercent within two
+//     sample intervals, a graceful restart is asked for at once: a fast
+//     leak would otherwise cross the ceiling before the cooldown ends,
+//     and be killed instead of drained. A spike that GC frees is not;
 //   - usage at or above KillPercent asks for a kill at once, as does a
 //     runner that misses an RPC deadline (Unresponsive).
 //
@@ -267,11 +267,10 @@ func (p *Policy) Observe(s Sample) []Action {
 				return out
 			}
 			p.gcAt, p.lastGC, p.afterGC = s.Time, s.Time, 0
-			out = append(out, act(ActionGC, fmt.Sprintf("usage %.1f%% of the budget is at or above critical_percent %g", pct, p.cfg.CriticalPercent)))
-			return p.restartIfClimbing(out, act)
+			return append(out, act(ActionGC, fmt.Sprintf("usage %.1f%% of the budget is at or above critical_percent %g", pct, p.cfg.CriticalPercent)))
 		}
 		if s.Time.Sub(p.gcAt) < p.cfg.GCCooldown {
-			return p.restartIfClimbing(out, act)
+			return out
 		}
 		p.afterGC++
 		if p.afterGC >= p.cfg.CriticalSamples {
@@ -286,19 +285,29 @@ func (p *Policy) Observe(s Sample) []Action {
 	return out
 }
 
-// restartIfClimbing adds a graceful restart when usage climbs steadily
-// toward the ceiling.
-func (p *Policy) restartIfClimbing(out []Action, act func(ActionKind, string) Action) []Action {
+// GCDone takes the runner's answer to a GC request: its RSS after the
+// collection. If memory is still critical and the samples before the
+// request were a steady climb toward the ceiling, it asks for a graceful
+// restart now rather than after the cooldown.
+func (p *Policy) GCDone(at time.Time, rssAfter uint64) []Action {
+	if p.killed || p.restarting || p.gcAt.IsZero() {
+		return nil
+	}
+	after := Sample{Time: at, RSSBytes: rssAfter}
+	pct := p.Percent(after.Usage())
+	if pct < p.cfg.CriticalPercent {
+		return nil
+	}
 	eta, ok := p.climbing()
 	if !ok {
-		return out
+		return nil
 	}
 	p.restarting = true
-	last := p.recent[p.nrecent-1]
-	rate := p.climbRate / (1 << 20)
-	return append(out, act(ActionRestart, fmt.Sprintf(
-		"usage %.1f%% of the budget is climbing %.0f MiB/s and would reach kill_percent %g in %s, before GC could be judged",
-		p.Percent(last.Usage()), rate, p.cfg.KillPercent, eta.Round(time.Millisecond))))
+	return []Action{{
+		Kind: ActionRestart, From: p.level, To: p.level, UsageBytes: after.Usage(), Percent: pct,
+		Reason: fmt.Sprintf("GC left usage at %.1f%% of the budget, which is climbing %.0f MiB/s and would reach kill_percent %g in about %s",
+			pct, p.climbRate/(1<<20), p.cfg.KillPercent, eta.Round(time.Millisecond)),
+	}}
 }
 
 func (p *Policy) levelReason(pct float64, to Level) string {

@@ -99,41 +99,6 @@ func TestPolicy(t *testing.T) {
 			{250 * ms, 500, 0, []string{"level:critical>ok"}},
 			{3000 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
 		}},
-		{"fast leak: a steady climb drains before the ceiling", []step{
-			{0, 600, 0, nil},
-			{250 * ms, 680, 0, nil},
-			{500 * ms, 760, 0, []string{"level:ok>warning"}},
-			{750 * ms, 860, 0, []string{"level:warning>critical", "gc", "restart"}}, // 347/s: 950 in 260ms
-			{1000 * ms, 930, 0, nil},                                                // draining
-		}},
-		{"fast leak caught within the GC cooldown", []step{
-			{0, 860, 0, []string{"level:ok>critical", "gc"}},
-			{250 * ms, 880, 0, nil},
-			{500 * ms, 900, 0, nil},
-			{750 * ms, 920, 0, []string{"restart"}}, // three steady rises; 950 at this pace within 2 intervals
-		}},
-		{"a spike in two steps is not a climb", []step{
-			{0, 300, 0, nil},
-			{250 * ms, 300, 0, nil},
-			{500 * ms, 600, 0, nil},
-			{750 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
-			{1000 * ms, 900, 0, nil},
-			{1250 * ms, 400, 0, []string{"level:critical>ok"}},
-		}},
-		{"a spike on top of the cache's slow growth is not a climb", []step{
-			{0, 200, 0, nil},
-			{100 * ms, 210, 0, nil},
-			{200 * ms, 220, 0, nil},
-			{300 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
-			{400 * ms, 905, 0, nil},
-			{500 * ms, 300, 0, []string{"level:critical>ok"}},
-		}},
-		{"a slow climb waits for GC to be judged", []step{
-			{0, 820, 0, []string{"level:ok>warning"}},
-			{250 * ms, 830, 0, nil},
-			{500 * ms, 840, 0, nil},
-			{750 * ms, 860, 0, []string{"level:warning>critical", "gc"}}, // 950 is 1.7s away at this pace
-		}},
 		{"straight to the ceiling", []step{
 			{0, 100, 0, nil},
 			{250 * ms, 950, 0, []string{"level:ok>kill", "kill"}},
@@ -290,4 +255,42 @@ func TestRestartBudget(t *testing.T) {
 			t.Errorf("delay after 20 failures: got %v, want the 1s cap", d)
 		}
 	})
+}
+
+// TestPolicyGCDone covers the answer to a GC request: a fast leak that GC
+// does not cure drains at once; a spike that GC frees, a slow climb, and
+// a GC that brought usage below critical do not.
+func TestPolicyGCDone(t *testing.T) {
+	cfg := supervise.PolicyConfig{
+		BudgetBytes: 1000, WarningPercent: 75, CriticalPercent: 85, KillPercent: 95,
+		CriticalSamples: 3, GCCooldown: time.Second,
+	}
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name     string
+		samples  []uint64 // every 250ms; the last one asks for GC
+		rssAfter uint64
+		want     []string
+	}{
+		{"fast leak GC cannot cure", []uint64{600, 680, 760, 860}, 870, []string{"restart"}},
+		{"spike GC frees", []uint64{200, 210, 220, 900}, 230, nil},
+		{"spike filling over several samples, freed", []uint64{300, 500, 700, 900}, 310, nil},
+		{"slow climb waits for the cooldown", []uint64{820, 830, 840, 860}, 865, nil},
+		{"no steady climb", []uint64{700, 700, 700, 870}, 875, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := supervise.NewPolicy(cfg)
+			var last []supervise.Action
+			for i, rss := range tc.samples {
+				last = p.Observe(supervise.Sample{Time: t0.Add(time.Duration(i) * 250 * ms), RSSBytes: rss})
+			}
+			if got := describe(last); len(got) == 0 || got[len(got)-1] != "gc" {
+				t.Fatalf("last sample gave %q, want a GC request", got)
+			}
+			at := t0.Add(time.Duration(len(tc.samples)-1)*250*ms + 30*ms)
+			if got := describe(p.GCDone(at, tc.rssAfter)); !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("GCDone: got %q, want %q", got, tc.want)
+			}
+		})
+	}
 }

@@ -762,6 +762,12 @@ func (s *Supervisor) watch(ctx context.Context, c *plugin.Client) outcome {
 					Dur("took", gc.Duration).Msg("runner collected garbage")
 				s.heap = gc.After.HeapObjectsBytes
 				s.emit(Event{Kind: EventGC, Time: s.clock.Now(), Memory: s.Status().Memory, GC: &gc, Reason: "collected"})
+				for _, a := range s.policy.GCDone(s.clock.Now(), gc.After.RSSBytes) {
+					mem := s.memory(gc.After.RSSBytes, s.heap)
+					s.memLog(s.log.Warn(), "memory.restart", mem).Str("reason", a.Reason).
+						Msg("draining the runner for a graceful restart")
+					startDrain(drainRestart, a.Reason)
+				}
 
 			case rpcDrain:
 				if res.err != nil {
