@@ -122,4 +122,3 @@ func bareCopy(b *testing.B, path string) float64 {
 	f.Sync()
 	return benchItems / time.Since(start).Seconds()
 }
-
