@@ -59,6 +59,8 @@ type Host struct {
 	watchers map[chan plugin.Event]struct{}
 	rate     rateMeter
 	limit    int64
+	// lastCheckpointEvent is when the last checkpoint event went out.
+	lastCheckpointEvent time.Time
 
 	inj  *injector
 	gc   *gcTuner
@@ -232,10 +234,21 @@ func (h *Host) tick(ctx context.Context) {
 	}
 }
 
+// checkpointEvery spaces checkpoint events out: a fast job commits hundreds
+// of batches a second, and each event crosses the RPC to every watcher.
+// The first commit after a start is always sent.
+const checkpointEvery = 100 * time.Millisecond
+
 func (h *Host) afterCommit(cp checkpoint.Checkpoint) {
 	h.gc.tune()
 	h.inj.afterCommit()
 	h.mu.Lock()
+	now := h.now()
+	if !h.lastCheckpointEvent.IsZero() && now.Sub(h.lastCheckpointEvent) < checkpointEvery {
+		h.mu.Unlock()
+		return
+	}
+	h.lastCheckpointEvent = now
 	ev := h.eventLocked(plugin.EventCheckpoint)
 	h.mu.Unlock()
 	h.broadcast(ev)
