@@ -11,11 +11,14 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
 
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/runner"
 	"github.com/memvisor/memvisor/plugin"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func spec(t *testing.T, count int64, inject job.Inject) job.Spec {
 	t.Helper()
