@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -433,14 +434,18 @@ func (b *Batcher) addTargetItem(id int64, ext string, val json.RawMessage) {
 	}
 }
 
-func snapshotNames(dir string, seq int64) (string, string) {
-	base := fmt.Sprintf("cache-%08d", seq)
-	return filepath.Join(dir, base+".snap"), filepath.Join(dir, base+".ext.snap")
+// snapshotFiles names the two files of a cache snapshot: the match index
+// (named in the checkpoint) and, beside it, the external ids of target
+// items without a match value.
+func snapshotFiles(dir, file string) (main, ext string) {
+	main = filepath.Join(dir, file)
+	return main, strings.TrimSuffix(main, ".snap") + ".ext.snap"
 }
 
+func snapshotFile(seq int64) string { return fmt.Sprintf("cache-%08d.snap", seq) }
+
 func (b *Batcher) loadSnapshot(s *checkpoint.Snapshot) (*slimcache.Cache, *slimcache.Cache, error) {
-	main := filepath.Join(b.o.Dir, s.File)
-	ext := main[:len(main)-len(".snap")] + ".ext.snap"
+	main, ext := snapshotFiles(b.o.Dir, s.File)
 	c, err := slimcache.LoadFile(main, b.cacheOptions(0))
 	if err != nil {
 		return nil, nil, err
@@ -554,7 +559,7 @@ func (b *Batcher) writeSnapshot() (*checkpoint.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	main, ext := snapshotNames(b.o.Dir, b.cp.Seq)
+	main, ext := snapshotFiles(b.o.Dir, snapshotFile(b.cp.Seq))
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.cache.SaveFile(main); err != nil {
@@ -666,9 +671,9 @@ func (b *Batcher) committed(cp checkpoint.Checkpoint) error {
 }
 
 func (b *Batcher) removeSnapshot(file string) {
-	main := filepath.Join(b.o.Dir, file)
+	main, ext := snapshotFiles(b.o.Dir, file)
 	os.Remove(main)
-	os.Remove(main[:len(main)-len(".snap")] + ".ext.snap")
+	os.Remove(ext)
 }
 
 // gcHygiene follows the original tool: every 10 batches, GC when the heap
