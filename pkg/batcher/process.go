@@ -33,6 +33,7 @@ type task struct {
 	key      string // normalized match value, "" if none
 	extID    string
 	fields   connector.Fields // mapped to target field names
+	encoded  []byte           // fields encoded by the target, if it can
 	op       op
 	targetID int64
 	fail     *faillog.Entry
@@ -49,11 +50,24 @@ func (b *Batcher) processBatch(ctx context.Context, recs []connector.Record) err
 // it writes, so the loop runs it while that batch commits.
 func (b *Batcher) prepareAll(recs []connector.Record) []task {
 	tasks := make([]task, len(recs))
+	enc, _ := b.o.Target.(connector.FieldEncoder)
+	if b.dry != nil {
+		enc = nil
+	}
+	var buf []byte // one allocation for the batch's encodings
 	for i := range recs {
 		if b.o.BeforeItem != nil {
 			b.o.BeforeItem(recs[i].Pos.Index)
 		}
 		tasks[i] = b.prepare(recs[i])
+		if t := &tasks[i]; enc != nil && t.op == opNone {
+			if buf == nil {
+				buf = make([]byte, 0, len(recs)*256)
+			}
+			start := len(buf)
+			buf = enc.EncodeFields(buf, t.fields)
+			t.encoded = buf[start:len(buf):len(buf)]
+		}
 	}
 	return tasks
 }
@@ -256,9 +270,19 @@ func (b *Batcher) execute(ctx context.Context, tasks []task) error {
 }
 
 func (b *Batcher) write(ctx context.Context, t *task) {
+	enc, _ := b.o.Target.(connector.FieldEncoder)
+	if t.encoded == nil {
+		enc = nil
+	}
 	switch t.op {
 	case opCreate:
-		id, err := b.o.Target.Create(ctx, t.extID, t.fields)
+		var id int64
+		var err error
+		if enc != nil {
+			id, err = enc.CreateEncoded(ctx, t.extID, t.encoded)
+		} else {
+			id, err = b.o.Target.Create(ctx, t.extID, t.fields)
+		}
 		if err != nil {
 			b.writeFailed(ctx, t, err)
 			return
@@ -272,7 +296,13 @@ func (b *Batcher) write(ctx context.Context, t *task) {
 		}
 		b.mu.Unlock()
 	case opUpdate:
-		if err := b.o.Target.Update(ctx, t.targetID, t.fields); err != nil {
+		var err error
+		if enc != nil {
+			err = enc.UpdateEncoded(ctx, t.targetID, t.encoded)
+		} else {
+			err = b.o.Target.Update(ctx, t.targetID, t.fields)
+		}
+		if err != nil {
 			b.writeFailed(ctx, t, err)
 		}
 	}

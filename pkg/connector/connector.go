@@ -184,3 +184,13 @@ type Sequential interface {
 type KeyScanner interface {
 	ScanKeys(ctx context.Context, since Mark, field string, fn func(id int64, externalID string, value json.RawMessage) error) (Mark, error)
 }
+
+// FieldEncoder is implemented by targets that can encode an item's fields
+// before the write. The runner encodes the next batch while the current
+// one commits, and hands the bytes to the Encoded writes, which then only
+// add the item's id.
+type FieldEncoder interface {
+	EncodeFields(dst []byte, f Fields) []byte
+	CreateEncoded(ctx context.Context, externalID string, encoded []byte) (int64, error)
+	UpdateEncoded(ctx context.Context, id int64, encoded []byte) error
+}

@@ -14,6 +14,12 @@ import (
 // written in key order, so the same item always gives the same bytes.
 // externalID "" writes no external_id key (an update line).
 func AppendLine(dst []byte, id int64, externalID string, f connector.Fields) []byte {
+	return appendLineEncoded(dst, id, externalID, AppendFields(nil, f))
+}
+
+// appendLineEncoded appends a line around fields already encoded by
+// AppendFields.
+func appendLineEncoded(dst []byte, id int64, externalID string, fields []byte) []byte {
 	dst = append(dst, `{"item_id":`...)
 	dst = strconv.AppendInt(dst, id, 10)
 	if externalID != "" {
@@ -21,7 +27,7 @@ func AppendLine(dst []byte, id int64, externalID string, f connector.Fields) []b
 		dst = AppendString(dst, externalID)
 	}
 	dst = append(dst, `,"fields":`...)
-	dst = AppendFields(dst, f)
+	dst = append(dst, fields...)
 	return append(dst, "}\n"...)
 }
 

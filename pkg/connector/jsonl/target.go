@@ -46,9 +46,10 @@ type Target struct {
 type idOffset struct{ id, off int64 }
 
 var (
-	_ connector.Target     = (*Target)(nil)
-	_ connector.Flusher    = (*Target)(nil)
-	_ connector.Sequential = (*Target)(nil)
+	_ connector.Target       = (*Target)(nil)
+	_ connector.Flusher      = (*Target)(nil)
+	_ connector.Sequential   = (*Target)(nil)
+	_ connector.FieldEncoder = (*Target)(nil)
 )
 
 // OpenTarget opens or creates a JSONL target, repairing a torn last line.
@@ -224,14 +225,19 @@ func (t *Target) Scan(ctx context.Context, since connector.Mark, fn func(connect
 }
 
 // Create appends a new item and returns its id.
-func (t *Target) Create(_ context.Context, externalID string, f connector.Fields) (int64, error) {
+func (t *Target) Create(ctx context.Context, externalID string, f connector.Fields) (int64, error) {
+	return t.CreateEncoded(ctx, externalID, AppendFields(nil, f))
+}
+
+// CreateEncoded is Create with fields encoded by EncodeFields.
+func (t *Target) CreateEncoded(_ context.Context, externalID string, fields []byte) (int64, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return 0, connector.ErrClosed
 	}
 	id := t.maxID + 1
-	if err := t.appendLocked(id, externalID, f); err != nil {
+	if err := t.appendLocked(id, externalID, fields); err != nil {
 		return 0, err
 	}
 	t.maxID = id
@@ -241,17 +247,25 @@ func (t *Target) Create(_ context.Context, externalID string, f connector.Fields
 // Update appends a line for an existing item: {"item_id": id, "fields":
 // {...}}, without external_id. The last line for an item_id holds its
 // fields; its external_id is the one of its create line.
-func (t *Target) Update(_ context.Context, id int64, f connector.Fields) error {
+func (t *Target) Update(ctx context.Context, id int64, f connector.Fields) error {
+	return t.UpdateEncoded(ctx, id, AppendFields(nil, f))
+}
+
+// UpdateEncoded is Update with fields encoded by EncodeFields.
+func (t *Target) UpdateEncoded(_ context.Context, id int64, fields []byte) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return connector.ErrClosed
 	}
-	return t.appendLocked(id, "", f)
+	return t.appendLocked(id, "", fields)
 }
 
-func (t *Target) appendLocked(id int64, externalID string, f connector.Fields) error {
-	t.line = AppendLine(t.line[:0], id, externalID, f)
+// EncodeFields encodes fields as a target line holds them.
+func (t *Target) EncodeFields(dst []byte, f connector.Fields) []byte { return AppendFields(dst, f) }
+
+func (t *Target) appendLocked(id int64, externalID string, fields []byte) error {
+	t.line = appendLineEncoded(t.line[:0], id, externalID, fields)
 	n, err := t.w.Write(t.line)
 	if err != nil {
 		// A partial write leaves a torn line in the buffer or the file;
