@@ -1,5 +1,3 @@
-// Package version holds the build's version, stamped by the Makefile with
-// -ldflags "-X github.com/memvisor/memvisor/internal/version.Version=...".
 package version
 
 // Version is the release or git description of this build.
