@@ -160,20 +160,8 @@ func (d *DB) Create(rec *Record) error {
 		if jobs.Get([]byte(rec.ID)) != nil {
 			return fmt.Errorf("create job %s: %w", rec.ID, ErrExists)
 		}
-		if rec.Pair != "" {
-			err := jobs.ForEach(func(_, v []byte) error {
-				var other Record
-				if err := json.Unmarshal(v, &other); err != nil {
-					return err
-				}
-				if other.Pair == rec.Pair && other.Status.Active() {
-					return &ConflictError{ID: other.ID}
-				}
-				return nil
-			})
-			if err != nil {
-				return fmt.Errorf("create job %s: %w", rec.ID, err)
-			}
+		if err := activeOnPair(jobs, rec.Pair, ""); err != nil {
+			return fmt.Errorf("create job %s: %w", rec.ID, err)
 		}
 		order := tx.Bucket(bucketOrder)
 		seq, err := order.NextSequence()
@@ -375,23 +363,8 @@ func (d *DB) Reactivate(id string, fn func(*Record) error) (Record, error) {
 		if err := json.Unmarshal(v, &rec); err != nil {
 			return fmt.Errorf("decode job %s: %w", id, err)
 		}
-		if rec.Pair != "" {
-			err := jobs.ForEach(func(k, v []byte) error {
-				if string(k) == id {
-					return nil
-				}
-				var other Record
-				if err := json.Unmarshal(v, &other); err != nil {
-					return err
-				}
-				if other.Pair == rec.Pair && other.Status.Active() {
-					return &ConflictError{ID: other.ID}
-				}
-				return nil
-			})
-			if err != nil {
-				return fmt.Errorf("reactivate job %s: %w", id, err)
-			}
+		if err := activeOnPair(jobs, rec.Pair, id); err != nil {
+			return fmt.Errorf("reactivate job %s: %w", id, err)
 		}
 		if err := fn(&rec); err != nil {
 			return err
@@ -400,4 +373,25 @@ func (d *DB) Reactivate(id string, fn func(*Record) error) (Record, error) {
 		return put(jobs, &rec)
 	})
 	return rec, err
+}
+
+// activeOnPair returns a *ConflictError naming an active job, other than
+// except, that migrates the same source and target (pair), if there is one.
+func activeOnPair(jobs *bolt.Bucket, pair, except string) error {
+	if pair == "" {
+		return nil
+	}
+	return jobs.ForEach(func(k, v []byte) error {
+		if string(k) == except {
+			return nil
+		}
+		var other Record
+		if err := json.Unmarshal(v, &other); err != nil {
+			return err
+		}
+		if other.Pair == pair && other.Status.Active() {
+			return &ConflictError{ID: other.ID}
+		}
+		return nil
+	})
 }
