@@ -72,7 +72,7 @@ func callErr(ctx context.Context, method string, err error) error {
 
 // Start implements Runner.
 func (c *GRPCClient) Start(ctx context.Context, req StartRequest) error {
-	_, err := c.client.Start(ctx, &pb.StartRequest{Job: req.Job, Resume: req.Resume, RetryFailed: req.RetryFailed})
+	_, err := c.client.Start(ctx, &pb.StartRequest{Job: req.Job, Resume: req.Resume, RetryFailed: req.RetryFailed, Guard: guardToPB(req.Guard)})
 	if err != nil {
 		return callErr(ctx, "Start", err)
 	}
@@ -150,6 +150,14 @@ func (c *GRPCClient) HeapProfile(ctx context.Context) ([]byte, error) {
 	return r.GetProfile(), nil
 }
 
+// SetGuard implements Runner.
+func (c *GRPCClient) SetGuard(ctx context.Context, g Guard) error {
+	if _, err := c.client.SetGuard(ctx, guardToPB(g)); err != nil {
+		return callErr(ctx, "SetGuard", err)
+	}
+	return nil
+}
+
 // GRPCServer is the runner's side of the Runner service: it hands each
 // call to Impl with the call's context.
 type GRPCServer struct {
@@ -161,7 +169,7 @@ var _ pb.RunnerServer = (*GRPCServer)(nil)
 
 // Start implements pb.RunnerServer.
 func (s *GRPCServer) Start(ctx context.Context, r *pb.StartRequest) (*pb.StartResponse, error) {
-	err := s.Impl.Start(ctx, StartRequest{Job: r.GetJob(), Resume: r.GetResume(), RetryFailed: r.GetRetryFailed()})
+	err := s.Impl.Start(ctx, StartRequest{Job: r.GetJob(), Resume: r.GetResume(), RetryFailed: r.GetRetryFailed(), Guard: guardFromPB(r.GetGuard())})
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -228,6 +236,30 @@ func (s *GRPCServer) HeapProfile(ctx context.Context, _ *pb.HeapProfileRequest) 
 		return nil, toStatus(err)
 	}
 	return &pb.HeapProfileResponse{Profile: p}, nil
+}
+
+// SetGuard implements pb.RunnerServer.
+func (s *GRPCServer) SetGuard(ctx context.Context, g *pb.Guard) (*pb.SetGuardResponse, error) {
+	if err := s.Impl.SetGuard(ctx, guardFromPB(g)); err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.SetGuardResponse{}, nil
+}
+
+func guardToPB(g Guard) *pb.Guard {
+	return &pb.Guard{GcBytes: g.GCBytes, DrainBytes: g.DrainBytes}
+}
+
+func guardFromPB(g *pb.Guard) Guard {
+	return Guard{GCBytes: g.GetGcBytes(), DrainBytes: g.GetDrainBytes()}
+}
+
+// durationToPB maps zero to an unset field.
+func durationToPB(d time.Duration) *durationpb.Duration {
+	if d == 0 {
+		return nil
+	}
+	return durationpb.New(d)
 }
 
 // timeToPB maps the zero time to an unset field, so "no time" survives
@@ -297,6 +329,7 @@ func statsToPB(s Stats) *pb.StatsResponse {
 		CacheEntries:     s.CacheEntries,
 		CacheBytes:       s.CacheBytes,
 		Progress:         progressToPB(s.Progress),
+		GuardGcs:         s.GuardGCs,
 	}
 }
 
@@ -314,6 +347,7 @@ func statsFromPB(s *pb.StatsResponse) Stats {
 		CacheEntries:     s.GetCacheEntries(),
 		CacheBytes:       s.GetCacheBytes(),
 		Progress:         progressFromPB(s.GetProgress()),
+		GuardGCs:         s.GetGuardGcs(),
 	}
 }
 
@@ -326,11 +360,17 @@ func memFromPB(m *pb.MemFigures) MemFigures {
 }
 
 func checkpointToPB(c Checkpoint) *pb.Checkpoint {
-	return &pb.Checkpoint{Batches: c.Batches, Offset: c.Offset, Done: c.Done, Progress: progressToPB(c.Progress)}
+	return &pb.Checkpoint{
+		Batches: c.Batches, Offset: c.Offset, Done: c.Done, Progress: progressToPB(c.Progress),
+		DrainDuration: durationToPB(c.DrainDuration), Reason: string(c.Reason),
+	}
 }
 
 func checkpointFromPB(c *pb.Checkpoint) Checkpoint {
-	return Checkpoint{Batches: c.GetBatches(), Offset: c.GetOffset(), Done: c.GetDone(), Progress: progressFromPB(c.GetProgress())}
+	return Checkpoint{
+		Batches: c.GetBatches(), Offset: c.GetOffset(), Done: c.GetDone(), Progress: progressFromPB(c.GetProgress()),
+		DrainDuration: c.GetDrainDuration().AsDuration(), Reason: DrainReason(c.GetReason()),
+	}
 }
 
 func eventToPB(e Event) *pb.Event {
@@ -340,6 +380,9 @@ func eventToPB(e Event) *pb.Event {
 		State:    string(e.State),
 		Progress: progressToPB(e.Progress),
 		Error:    e.Error,
+		Reason:   string(e.Reason),
+
+		DrainDuration: durationToPB(e.DrainDuration),
 	}
 }
 
@@ -350,5 +393,8 @@ func eventFromPB(e *pb.Event) Event {
 		State:    State(e.GetState()),
 		Progress: progressFromPB(e.GetProgress()),
 		Error:    e.GetError(),
+		Reason:   DrainReason(e.GetReason()),
+
+		DrainDuration: e.GetDrainDuration().AsDuration(),
 	}
 }

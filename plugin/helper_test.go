@@ -167,3 +167,5 @@ func (f *fakeRunner) HeapProfile(context.Context) ([]byte, error) {
 	}
 	return b.Bytes(), nil
 }
+
+func (f *fakeRunner) SetGuard(context.Context, plugin.Guard) error { return nil }

@@ -29,7 +29,32 @@ type Runner interface {
 	Watch(ctx context.Context, fn func(Event) error) error
 	// HeapProfile returns the runner's pprof heap profile.
 	HeapProfile(ctx context.Context) ([]byte, error)
+	// SetGuard replaces the lines of the runner's own memory guard.
+	SetGuard(ctx context.Context, g Guard) error
 }
+
+// Guard holds the lines of the runner's own memory guard, in bytes of the
+// runner's usage as it measures it itself (see docs/design.md, "The memory
+// guard"). The supervisor sets them at Start and whenever the budget
+// changes. Crossing GCBytes makes the runner collect garbage once;
+// crossing DrainBytes makes it drain itself and end with StateDrained and
+// DrainReasonGuard. Zero turns a line off.
+type Guard struct {
+	GCBytes    uint64
+	DrainBytes uint64
+}
+
+// DrainReason says why a runner drained.
+type DrainReason string
+
+// The drain reasons.
+const (
+	// DrainRequested: the supervisor called Drain (or a signal asked a
+	// standalone runner to stop).
+	DrainRequested DrainReason = "requested"
+	// DrainGuard: the runner's own memory guard crossed its drain line.
+	DrainGuard DrainReason = "memory guard"
+)
 
 // StartRequest starts a job.
 type StartRequest struct {
@@ -41,6 +66,8 @@ type StartRequest struct {
 	// RetryFailed processes the job's failed.jsonl again instead of the
 	// source.
 	RetryFailed bool
+	// Guard is the runner's memory guard from the start.
+	Guard Guard
 }
 
 // State is where a runner's job stands.
@@ -102,6 +129,8 @@ type Stats struct {
 	CacheEntries int64
 	CacheBytes   int64
 	Progress     Progress
+	// GuardGCs counts the collections the runner's guard asked for.
+	GuardGCs uint64
 }
 
 // MemFigures is one memory reading inside the runner.
@@ -124,6 +153,11 @@ type Checkpoint struct {
 	Offset   int64
 	Done     bool
 	Progress Progress
+	// DrainDuration runs from the moment the drain began to the
+	// committed checkpoint.
+	DrainDuration time.Duration
+	// Reason says why the runner drained.
+	Reason DrainReason
 }
 
 // EventKind names an event of the Watch stream.
@@ -143,4 +177,8 @@ type Event struct {
 	State    State
 	Progress Progress
 	Error    string
+	// With EventDone and StateDrained: why the runner drained and how
+	// long the drain took.
+	Reason        DrainReason
+	DrainDuration time.Duration
 }

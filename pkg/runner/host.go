@@ -62,6 +62,8 @@ type Host struct {
 	// lastCheckpointEvent is when the last checkpoint event went out.
 	lastCheckpointEvent time.Time
 
+	guardLines plugin.Guard
+
 	inj  *injector
 	gc   *gcTuner
 	lock *flock.Flock
@@ -506,4 +508,13 @@ func (r *rateMeter) observe(now time.Time, n int64) float64 {
 		r.t0, r.n0 = now, n
 	}
 	return r.rate
+}
+
+// SetGuard implements plugin.Runner. The guard itself is not wired yet;
+// the lines are kept for it.
+func (h *Host) SetGuard(_ context.Context, g plugin.Guard) error {
+	h.mu.Lock()
+	h.guardLines = g
+	h.mu.Unlock()
+	return nil
 }

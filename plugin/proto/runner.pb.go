@@ -29,19 +29,112 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Guard holds the lines of the runner's own memory guard, in bytes of the
+// runner's usage as it measures it. Crossing gc_bytes makes it collect
+// garbage once; crossing drain_bytes makes it drain itself. Zero turns a
+// line off.
+type Guard struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GcBytes       uint64                 `protobuf:"varint,1,opt,name=gc_bytes,json=gcBytes,proto3" json:"gc_bytes,omitempty"`
+	DrainBytes    uint64                 `protobuf:"varint,2,opt,name=drain_bytes,json=drainBytes,proto3" json:"drain_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Guard) Reset() {
+	*x = Guard{}
+	mi := &file_plugin_proto_runner_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Guard) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Guard) ProtoMessage() {}
+
+func (x *Guard) ProtoReflect() protoreflect.Message {
+	mi := &file_plugin_proto_runner_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Guard.ProtoReflect.Descriptor instead.
+func (*Guard) Descriptor() ([]byte, []int) {
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Guard) GetGcBytes() uint64 {
+	if x != nil {
+		return x.GcBytes
+	}
+	return 0
+}
+
+func (x *Guard) GetDrainBytes() uint64 {
+	if x != nil {
+		return x.DrainBytes
+	}
+	return 0
+}
+
+type SetGuardResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetGuardResponse) Reset() {
+	*x = SetGuardResponse{}
+	mi := &file_plugin_proto_runner_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetGuardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetGuardResponse) ProtoMessage() {}
+
+func (x *SetGuardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plugin_proto_runner_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetGuardResponse.ProtoReflect.Descriptor instead.
+func (*SetGuardResponse) Descriptor() ([]byte, []int) {
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{1}
+}
+
 type StartRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The job spec, JSON-encoded as job.Spec.
 	Job           []byte `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
 	Resume        bool   `protobuf:"varint,2,opt,name=resume,proto3" json:"resume,omitempty"`
 	RetryFailed   bool   `protobuf:"varint,3,opt,name=retry_failed,json=retryFailed,proto3" json:"retry_failed,omitempty"`
+	Guard         *Guard `protobuf:"bytes,4,opt,name=guard,proto3" json:"guard,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[0]
+	mi := &file_plugin_proto_runner_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -53,7 +146,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[0]
+	mi := &file_plugin_proto_runner_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -66,7 +159,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{0}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *StartRequest) GetJob() []byte {
@@ -90,6 +183,13 @@ func (x *StartRequest) GetRetryFailed() bool {
 	return false
 }
 
+func (x *StartRequest) GetGuard() *Guard {
+	if x != nil {
+		return x.Guard
+	}
+	return nil
+}
+
 type StartResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -98,7 +198,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[1]
+	mi := &file_plugin_proto_runner_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -110,7 +210,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[1]
+	mi := &file_plugin_proto_runner_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -123,7 +223,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{1}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{3}
 }
 
 type StatsRequest struct {
@@ -134,7 +234,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[2]
+	mi := &file_plugin_proto_runner_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -146,7 +246,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[2]
+	mi := &file_plugin_proto_runner_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -159,7 +259,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{2}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{4}
 }
 
 type GCRequest struct {
@@ -170,7 +270,7 @@ type GCRequest struct {
 
 func (x *GCRequest) Reset() {
 	*x = GCRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[3]
+	mi := &file_plugin_proto_runner_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -182,7 +282,7 @@ func (x *GCRequest) String() string {
 func (*GCRequest) ProtoMessage() {}
 
 func (x *GCRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[3]
+	mi := &file_plugin_proto_runner_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -195,7 +295,7 @@ func (x *GCRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCRequest.ProtoReflect.Descriptor instead.
 func (*GCRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{3}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{5}
 }
 
 type DrainRequest struct {
@@ -207,7 +307,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[4]
+	mi := &file_plugin_proto_runner_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -219,7 +319,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[4]
+	mi := &file_plugin_proto_runner_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -232,7 +332,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{4}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DrainRequest) GetDeadline() *timestamppb.Timestamp {
@@ -250,7 +350,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[5]
+	mi := &file_plugin_proto_runner_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -262,7 +362,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[5]
+	mi := &file_plugin_proto_runner_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -275,7 +375,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{5}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{7}
 }
 
 type CancelResponse struct {
@@ -286,7 +386,7 @@ type CancelResponse struct {
 
 func (x *CancelResponse) Reset() {
 	*x = CancelResponse{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[6]
+	mi := &file_plugin_proto_runner_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -298,7 +398,7 @@ func (x *CancelResponse) String() string {
 func (*CancelResponse) ProtoMessage() {}
 
 func (x *CancelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[6]
+	mi := &file_plugin_proto_runner_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -311,7 +411,7 @@ func (x *CancelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
 func (*CancelResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{6}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{8}
 }
 
 type WatchRequest struct {
@@ -322,7 +422,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[7]
+	mi := &file_plugin_proto_runner_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -334,7 +434,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[7]
+	mi := &file_plugin_proto_runner_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -347,7 +447,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{7}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{9}
 }
 
 type HeapProfileRequest struct {
@@ -358,7 +458,7 @@ type HeapProfileRequest struct {
 
 func (x *HeapProfileRequest) Reset() {
 	*x = HeapProfileRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[8]
+	mi := &file_plugin_proto_runner_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +470,7 @@ func (x *HeapProfileRequest) String() string {
 func (*HeapProfileRequest) ProtoMessage() {}
 
 func (x *HeapProfileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[8]
+	mi := &file_plugin_proto_runner_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +483,7 @@ func (x *HeapProfileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeapProfileRequest.ProtoReflect.Descriptor instead.
 func (*HeapProfileRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{8}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{10}
 }
 
 type HeapProfileResponse struct {
@@ -395,7 +495,7 @@ type HeapProfileResponse struct {
 
 func (x *HeapProfileResponse) Reset() {
 	*x = HeapProfileResponse{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[9]
+	mi := &file_plugin_proto_runner_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +507,7 @@ func (x *HeapProfileResponse) String() string {
 func (*HeapProfileResponse) ProtoMessage() {}
 
 func (x *HeapProfileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[9]
+	mi := &file_plugin_proto_runner_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +520,7 @@ func (x *HeapProfileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeapProfileResponse.ProtoReflect.Descriptor instead.
 func (*HeapProfileResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{9}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *HeapProfileResponse) GetProfile() []byte {
@@ -451,7 +551,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[10]
+	mi := &file_plugin_proto_runner_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +563,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[10]
+	mi := &file_plugin_proto_runner_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +576,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{10}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Progress) GetTotal() int64 {
@@ -579,13 +679,15 @@ type StatsResponse struct {
 	CacheEntries     int64     `protobuf:"varint,10,opt,name=cache_entries,json=cacheEntries,proto3" json:"cache_entries,omitempty"`
 	CacheBytes       int64     `protobuf:"varint,11,opt,name=cache_bytes,json=cacheBytes,proto3" json:"cache_bytes,omitempty"`
 	Progress         *Progress `protobuf:"bytes,12,opt,name=progress,proto3" json:"progress,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// How many collections the runner's guard asked for.
+	GuardGcs      uint64 `protobuf:"varint,13,opt,name=guard_gcs,json=guardGcs,proto3" json:"guard_gcs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[11]
+	mi := &file_plugin_proto_runner_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +699,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[11]
+	mi := &file_plugin_proto_runner_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +712,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{11}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatsResponse) GetState() string {
@@ -697,6 +799,13 @@ func (x *StatsResponse) GetProgress() *Progress {
 	return nil
 }
 
+func (x *StatsResponse) GetGuardGcs() uint64 {
+	if x != nil {
+		return x.GuardGcs
+	}
+	return 0
+}
+
 type MemFigures struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	RssBytes         uint64                 `protobuf:"varint,1,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
@@ -708,7 +817,7 @@ type MemFigures struct {
 
 func (x *MemFigures) Reset() {
 	*x = MemFigures{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[12]
+	mi := &file_plugin_proto_runner_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +829,7 @@ func (x *MemFigures) String() string {
 func (*MemFigures) ProtoMessage() {}
 
 func (x *MemFigures) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[12]
+	mi := &file_plugin_proto_runner_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +842,7 @@ func (x *MemFigures) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemFigures.ProtoReflect.Descriptor instead.
 func (*MemFigures) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{12}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MemFigures) GetRssBytes() uint64 {
@@ -768,7 +877,7 @@ type GCResponse struct {
 
 func (x *GCResponse) Reset() {
 	*x = GCResponse{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[13]
+	mi := &file_plugin_proto_runner_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +889,7 @@ func (x *GCResponse) String() string {
 func (*GCResponse) ProtoMessage() {}
 
 func (x *GCResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[13]
+	mi := &file_plugin_proto_runner_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +902,7 @@ func (x *GCResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCResponse.ProtoReflect.Descriptor instead.
 func (*GCResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{13}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GCResponse) GetBefore() *MemFigures {
@@ -818,18 +927,22 @@ func (x *GCResponse) GetDuration() *durationpb.Duration {
 }
 
 type Checkpoint struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Batches       int64                  `protobuf:"varint,1,opt,name=batches,proto3" json:"batches,omitempty"`
-	Offset        int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
-	Done          bool                   `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
-	Progress      *Progress              `protobuf:"bytes,4,opt,name=progress,proto3" json:"progress,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Batches  int64                  `protobuf:"varint,1,opt,name=batches,proto3" json:"batches,omitempty"`
+	Offset   int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Done     bool                   `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	Progress *Progress              `protobuf:"bytes,4,opt,name=progress,proto3" json:"progress,omitempty"`
+	// From the moment the drain began to the committed checkpoint.
+	DrainDuration *durationpb.Duration `protobuf:"bytes,5,opt,name=drain_duration,json=drainDuration,proto3" json:"drain_duration,omitempty"`
+	// Why the runner drained: plugin.DrainReason.
+	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[14]
+	mi := &file_plugin_proto_runner_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +954,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[14]
+	mi := &file_plugin_proto_runner_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +967,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{14}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Checkpoint) GetBatches() int64 {
@@ -885,21 +998,39 @@ func (x *Checkpoint) GetProgress() *Progress {
 	return nil
 }
 
+func (x *Checkpoint) GetDrainDuration() *durationpb.Duration {
+	if x != nil {
+		return x.DrainDuration
+	}
+	return nil
+}
+
+func (x *Checkpoint) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One of plugin.EventKind: progress, checkpoint, done.
-	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
-	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
-	Progress      *Progress              `protobuf:"bytes,4,opt,name=progress,proto3" json:"progress,omitempty"`
-	Error         string                 `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	Kind     string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Time     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	State    string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	Progress *Progress              `protobuf:"bytes,4,opt,name=progress,proto3" json:"progress,omitempty"`
+	Error    string                 `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	// With kind done and state drained: why the runner drained
+	// (plugin.DrainReason) and how long the drain took.
+	Reason        string               `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	DrainDuration *durationpb.Duration `protobuf:"bytes,7,opt,name=drain_duration,json=drainDuration,proto3" json:"drain_duration,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[15]
+	mi := &file_plugin_proto_runner_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +1042,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[15]
+	mi := &file_plugin_proto_runner_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +1055,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{15}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Event) GetKind() string {
@@ -962,15 +1093,35 @@ func (x *Event) GetError() string {
 	return ""
 }
 
+func (x *Event) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Event) GetDrainDuration() *durationpb.Duration {
+	if x != nil {
+		return x.DrainDuration
+	}
+	return nil
+}
+
 var File_plugin_proto_runner_proto protoreflect.FileDescriptor
 
 const file_plugin_proto_runner_proto_rawDesc = "" +
 	"\n" +
-	"\x19plugin/proto/runner.proto\x12\x12memvisor.plugin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n" +
+	"\x19plugin/proto/runner.proto\x12\x12memvisor.plugin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n" +
+	"\x05Guard\x12\x19\n" +
+	"\bgc_bytes\x18\x01 \x01(\x04R\agcBytes\x12\x1f\n" +
+	"\vdrain_bytes\x18\x02 \x01(\x04R\n" +
+	"drainBytes\"\x12\n" +
+	"\x10SetGuardResponse\"\x8c\x01\n" +
 	"\fStartRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\fR\x03job\x12\x16\n" +
 	"\x06resume\x18\x02 \x01(\bR\x06resume\x12!\n" +
-	"\fretry_failed\x18\x03 \x01(\bR\vretryFailed\"\x0f\n" +
+	"\fretry_failed\x18\x03 \x01(\bR\vretryFailed\x12/\n" +
+	"\x05guard\x18\x04 \x01(\v2\x19.memvisor.plugin.v1.GuardR\x05guard\"\x0f\n" +
 	"\rStartResponse\"\x0e\n" +
 	"\fStatsRequest\"\v\n" +
 	"\tGCRequest\"F\n" +
@@ -999,7 +1150,7 @@ const file_plugin_proto_runner_proto_rawDesc = "" +
 	"\x12errors_by_category\x18\f \x03(\v22.memvisor.plugin.v1.Progress.ErrorsByCategoryEntryR\x10errorsByCategory\x1aC\n" +
 	"\x15ErrorsByCategoryEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xb1\x03\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xce\x03\n" +
 	"\rStatsResponse\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x10\n" +
@@ -1014,7 +1165,8 @@ const file_plugin_proto_runner_proto_rawDesc = "" +
 	" \x01(\x03R\fcacheEntries\x12\x1f\n" +
 	"\vcache_bytes\x18\v \x01(\x03R\n" +
 	"cacheBytes\x128\n" +
-	"\bprogress\x18\f \x01(\v2\x1c.memvisor.plugin.v1.ProgressR\bprogress\"\x85\x01\n" +
+	"\bprogress\x18\f \x01(\v2\x1c.memvisor.plugin.v1.ProgressR\bprogress\x12\x1b\n" +
+	"\tguard_gcs\x18\r \x01(\x04R\bguardGcs\"\x85\x01\n" +
 	"\n" +
 	"MemFigures\x12\x1b\n" +
 	"\trss_bytes\x18\x01 \x01(\x04R\brssBytes\x12,\n" +
@@ -1024,19 +1176,23 @@ const file_plugin_proto_runner_proto_rawDesc = "" +
 	"GCResponse\x126\n" +
 	"\x06before\x18\x01 \x01(\v2\x1e.memvisor.plugin.v1.MemFiguresR\x06before\x124\n" +
 	"\x05after\x18\x02 \x01(\v2\x1e.memvisor.plugin.v1.MemFiguresR\x05after\x125\n" +
-	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\"\x8c\x01\n" +
+	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\"\xe6\x01\n" +
 	"\n" +
 	"Checkpoint\x12\x18\n" +
 	"\abatches\x18\x01 \x01(\x03R\abatches\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x12\n" +
 	"\x04done\x18\x03 \x01(\bR\x04done\x128\n" +
-	"\bprogress\x18\x04 \x01(\v2\x1c.memvisor.plugin.v1.ProgressR\bprogress\"\xb1\x01\n" +
+	"\bprogress\x18\x04 \x01(\v2\x1c.memvisor.plugin.v1.ProgressR\bprogress\x12@\n" +
+	"\x0edrain_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\rdrainDuration\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"\x8b\x02\n" +
 	"\x05Event\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
 	"\x05state\x18\x03 \x01(\tR\x05state\x128\n" +
 	"\bprogress\x18\x04 \x01(\v2\x1c.memvisor.plugin.v1.ProgressR\bprogress\x12\x14\n" +
-	"\x05error\x18\x05 \x01(\tR\x05error2\xad\x04\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12@\n" +
+	"\x0edrain_duration\x18\a \x01(\v2\x19.google.protobuf.DurationR\rdrainDuration2\xfa\x04\n" +
 	"\x06Runner\x12L\n" +
 	"\x05Start\x12 .memvisor.plugin.v1.StartRequest\x1a!.memvisor.plugin.v1.StartResponse\x12L\n" +
 	"\x05Stats\x12 .memvisor.plugin.v1.StatsRequest\x1a!.memvisor.plugin.v1.StatsResponse\x12C\n" +
@@ -1044,7 +1200,8 @@ const file_plugin_proto_runner_proto_rawDesc = "" +
 	"\x05Drain\x12 .memvisor.plugin.v1.DrainRequest\x1a\x1e.memvisor.plugin.v1.Checkpoint\x12O\n" +
 	"\x06Cancel\x12!.memvisor.plugin.v1.CancelRequest\x1a\".memvisor.plugin.v1.CancelResponse\x12F\n" +
 	"\x05Watch\x12 .memvisor.plugin.v1.WatchRequest\x1a\x19.memvisor.plugin.v1.Event0\x01\x12^\n" +
-	"\vHeapProfile\x12&.memvisor.plugin.v1.HeapProfileRequest\x1a'.memvisor.plugin.v1.HeapProfileResponseB1Z/github.com/memvisor/memvisor/plugin/proto;protob\x06proto3"
+	"\vHeapProfile\x12&.memvisor.plugin.v1.HeapProfileRequest\x1a'.memvisor.plugin.v1.HeapProfileResponse\x12K\n" +
+	"\bSetGuard\x12\x19.memvisor.plugin.v1.Guard\x1a$.memvisor.plugin.v1.SetGuardResponseB1Z/github.com/memvisor/memvisor/plugin/proto;protob\x06proto3"
 
 var (
 	file_plugin_proto_runner_proto_rawDescOnce sync.Once
@@ -1058,58 +1215,65 @@ func file_plugin_proto_runner_proto_rawDescGZIP() []byte {
 	return file_plugin_proto_runner_proto_rawDescData
 }
 
-var file_plugin_proto_runner_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_plugin_proto_runner_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_plugin_proto_runner_proto_goTypes = []any{
-	(*StartRequest)(nil),          // 0: memvisor.plugin.v1.StartRequest
-	(*StartResponse)(nil),         // 1: memvisor.plugin.v1.StartResponse
-	(*StatsRequest)(nil),          // 2: memvisor.plugin.v1.StatsRequest
-	(*GCRequest)(nil),             // 3: memvisor.plugin.v1.GCRequest
-	(*DrainRequest)(nil),          // 4: memvisor.plugin.v1.DrainRequest
-	(*CancelRequest)(nil),         // 5: memvisor.plugin.v1.CancelRequest
-	(*CancelResponse)(nil),        // 6: memvisor.plugin.v1.CancelResponse
-	(*WatchRequest)(nil),          // 7: memvisor.plugin.v1.WatchRequest
-	(*HeapProfileRequest)(nil),    // 8: memvisor.plugin.v1.HeapProfileRequest
-	(*HeapProfileResponse)(nil),   // 9: memvisor.plugin.v1.HeapProfileResponse
-	(*Progress)(nil),              // 10: memvisor.plugin.v1.Progress
-	(*StatsResponse)(nil),         // 11: memvisor.plugin.v1.StatsResponse
-	(*MemFigures)(nil),            // 12: memvisor.plugin.v1.MemFigures
-	(*GCResponse)(nil),            // 13: memvisor.plugin.v1.GCResponse
-	(*Checkpoint)(nil),            // 14: memvisor.plugin.v1.Checkpoint
-	(*Event)(nil),                 // 15: memvisor.plugin.v1.Event
-	nil,                           // 16: memvisor.plugin.v1.Progress.ErrorsByCategoryEntry
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*Guard)(nil),                 // 0: memvisor.plugin.v1.Guard
+	(*SetGuardResponse)(nil),      // 1: memvisor.plugin.v1.SetGuardResponse
+	(*StartRequest)(nil),          // 2: memvisor.plugin.v1.StartRequest
+	(*StartResponse)(nil),         // 3: memvisor.plugin.v1.StartResponse
+	(*StatsRequest)(nil),          // 4: memvisor.plugin.v1.StatsRequest
+	(*GCRequest)(nil),             // 5: memvisor.plugin.v1.GCRequest
+	(*DrainRequest)(nil),          // 6: memvisor.plugin.v1.DrainRequest
+	(*CancelRequest)(nil),         // 7: memvisor.plugin.v1.CancelRequest
+	(*CancelResponse)(nil),        // 8: memvisor.plugin.v1.CancelResponse
+	(*WatchRequest)(nil),          // 9: memvisor.plugin.v1.WatchRequest
+	(*HeapProfileRequest)(nil),    // 10: memvisor.plugin.v1.HeapProfileRequest
+	(*HeapProfileResponse)(nil),   // 11: memvisor.plugin.v1.HeapProfileResponse
+	(*Progress)(nil),              // 12: memvisor.plugin.v1.Progress
+	(*StatsResponse)(nil),         // 13: memvisor.plugin.v1.StatsResponse
+	(*MemFigures)(nil),            // 14: memvisor.plugin.v1.MemFigures
+	(*GCResponse)(nil),            // 15: memvisor.plugin.v1.GCResponse
+	(*Checkpoint)(nil),            // 16: memvisor.plugin.v1.Checkpoint
+	(*Event)(nil),                 // 17: memvisor.plugin.v1.Event
+	nil,                           // 18: memvisor.plugin.v1.Progress.ErrorsByCategoryEntry
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
 }
 var file_plugin_proto_runner_proto_depIdxs = []int32{
-	17, // 0: memvisor.plugin.v1.DrainRequest.deadline:type_name -> google.protobuf.Timestamp
-	17, // 1: memvisor.plugin.v1.Progress.rate_limited_until:type_name -> google.protobuf.Timestamp
-	16, // 2: memvisor.plugin.v1.Progress.errors_by_category:type_name -> memvisor.plugin.v1.Progress.ErrorsByCategoryEntry
-	10, // 3: memvisor.plugin.v1.StatsResponse.progress:type_name -> memvisor.plugin.v1.Progress
-	12, // 4: memvisor.plugin.v1.GCResponse.before:type_name -> memvisor.plugin.v1.MemFigures
-	12, // 5: memvisor.plugin.v1.GCResponse.after:type_name -> memvisor.plugin.v1.MemFigures
-	18, // 6: memvisor.plugin.v1.GCResponse.duration:type_name -> google.protobuf.Duration
-	10, // 7: memvisor.plugin.v1.Checkpoint.progress:type_name -> memvisor.plugin.v1.Progress
-	17, // 8: memvisor.plugin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	10, // 9: memvisor.plugin.v1.Event.progress:type_name -> memvisor.plugin.v1.Progress
-	0,  // 10: memvisor.plugin.v1.Runner.Start:input_type -> memvisor.plugin.v1.StartRequest
-	2,  // 11: memvisor.plugin.v1.Runner.Stats:input_type -> memvisor.plugin.v1.StatsRequest
-	3,  // 12: memvisor.plugin.v1.Runner.GC:input_type -> memvisor.plugin.v1.GCRequest
-	4,  // 13: memvisor.plugin.v1.Runner.Drain:input_type -> memvisor.plugin.v1.DrainRequest
-	5,  // 14: memvisor.plugin.v1.Runner.Cancel:input_type -> memvisor.plugin.v1.CancelRequest
-	7,  // 15: memvisor.plugin.v1.Runner.Watch:input_type -> memvisor.plugin.v1.WatchRequest
-	8,  // 16: memvisor.plugin.v1.Runner.HeapProfile:input_type -> memvisor.plugin.v1.HeapProfileRequest
-	1,  // 17: memvisor.plugin.v1.Runner.Start:output_type -> memvisor.plugin.v1.StartResponse
-	11, // 18: memvisor.plugin.v1.Runner.Stats:output_type -> memvisor.plugin.v1.StatsResponse
-	13, // 19: memvisor.plugin.v1.Runner.GC:output_type -> memvisor.plugin.v1.GCResponse
-	14, // 20: memvisor.plugin.v1.Runner.Drain:output_type -> memvisor.plugin.v1.Checkpoint
-	6,  // 21: memvisor.plugin.v1.Runner.Cancel:output_type -> memvisor.plugin.v1.CancelResponse
-	15, // 22: memvisor.plugin.v1.Runner.Watch:output_type -> memvisor.plugin.v1.Event
-	9,  // 23: memvisor.plugin.v1.Runner.HeapProfile:output_type -> memvisor.plugin.v1.HeapProfileResponse
-	17, // [17:24] is the sub-list for method output_type
-	10, // [10:17] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	0,  // 0: memvisor.plugin.v1.StartRequest.guard:type_name -> memvisor.plugin.v1.Guard
+	19, // 1: memvisor.plugin.v1.DrainRequest.deadline:type_name -> google.protobuf.Timestamp
+	19, // 2: memvisor.plugin.v1.Progress.rate_limited_until:type_name -> google.protobuf.Timestamp
+	18, // 3: memvisor.plugin.v1.Progress.errors_by_category:type_name -> memvisor.plugin.v1.Progress.ErrorsByCategoryEntry
+	12, // 4: memvisor.plugin.v1.StatsResponse.progress:type_name -> memvisor.plugin.v1.Progress
+	14, // 5: memvisor.plugin.v1.GCResponse.before:type_name -> memvisor.plugin.v1.MemFigures
+	14, // 6: memvisor.plugin.v1.GCResponse.after:type_name -> memvisor.plugin.v1.MemFigures
+	20, // 7: memvisor.plugin.v1.GCResponse.duration:type_name -> google.protobuf.Duration
+	12, // 8: memvisor.plugin.v1.Checkpoint.progress:type_name -> memvisor.plugin.v1.Progress
+	20, // 9: memvisor.plugin.v1.Checkpoint.drain_duration:type_name -> google.protobuf.Duration
+	19, // 10: memvisor.plugin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	12, // 11: memvisor.plugin.v1.Event.progress:type_name -> memvisor.plugin.v1.Progress
+	20, // 12: memvisor.plugin.v1.Event.drain_duration:type_name -> google.protobuf.Duration
+	2,  // 13: memvisor.plugin.v1.Runner.Start:input_type -> memvisor.plugin.v1.StartRequest
+	4,  // 14: memvisor.plugin.v1.Runner.Stats:input_type -> memvisor.plugin.v1.StatsRequest
+	5,  // 15: memvisor.plugin.v1.Runner.GC:input_type -> memvisor.plugin.v1.GCRequest
+	6,  // 16: memvisor.plugin.v1.Runner.Drain:input_type -> memvisor.plugin.v1.DrainRequest
+	7,  // 17: memvisor.plugin.v1.Runner.Cancel:input_type -> memvisor.plugin.v1.CancelRequest
+	9,  // 18: memvisor.plugin.v1.Runner.Watch:input_type -> memvisor.plugin.v1.WatchRequest
+	10, // 19: memvisor.plugin.v1.Runner.HeapProfile:input_type -> memvisor.plugin.v1.HeapProfileRequest
+	0,  // 20: memvisor.plugin.v1.Runner.SetGuard:input_type -> memvisor.plugin.v1.Guard
+	3,  // 21: memvisor.plugin.v1.Runner.Start:output_type -> memvisor.plugin.v1.StartResponse
+	13, // 22: memvisor.plugin.v1.Runner.Stats:output_type -> memvisor.plugin.v1.StatsResponse
+	15, // 23: memvisor.plugin.v1.Runner.GC:output_type -> memvisor.plugin.v1.GCResponse
+	16, // 24: memvisor.plugin.v1.Runner.Drain:output_type -> memvisor.plugin.v1.Checkpoint
+	8,  // 25: memvisor.plugin.v1.Runner.Cancel:output_type -> memvisor.plugin.v1.CancelResponse
+	17, // 26: memvisor.plugin.v1.Runner.Watch:output_type -> memvisor.plugin.v1.Event
+	11, // 27: memvisor.plugin.v1.Runner.HeapProfile:output_type -> memvisor.plugin.v1.HeapProfileResponse
+	1,  // 28: memvisor.plugin.v1.Runner.SetGuard:output_type -> memvisor.plugin.v1.SetGuardResponse
+	21, // [21:29] is the sub-list for method output_type
+	13, // [13:21] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_plugin_proto_runner_proto_init() }
@@ -1123,7 +1287,7 @@ func file_plugin_proto_runner_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugin_proto_runner_proto_rawDesc), len(file_plugin_proto_runner_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

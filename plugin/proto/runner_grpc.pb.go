@@ -32,6 +32,7 @@ const (
 	Runner_Cancel_FullMethodName      = "/memvisor.plugin.v1.Runner/Cancel"
 	Runner_Watch_FullMethodName       = "/memvisor.plugin.v1.Runner/Watch"
 	Runner_HeapProfile_FullMethodName = "/memvisor.plugin.v1.Runner/HeapProfile"
+	Runner_SetGuard_FullMethodName    = "/memvisor.plugin.v1.Runner/SetGuard"
 )
 
 // RunnerClient is the client API for Runner service.
@@ -58,6 +59,9 @@ type RunnerClient interface {
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
 	// HeapProfile returns the runner's pprof heap profile.
 	HeapProfile(ctx context.Context, in *HeapProfileRequest, opts ...grpc.CallOption) (*HeapProfileResponse, error)
+	// SetGuard replaces the lines of the runner's own memory guard, for
+	// example when the budget changes.
+	SetGuard(ctx context.Context, in *Guard, opts ...grpc.CallOption) (*SetGuardResponse, error)
 }
 
 type runnerClient struct {
@@ -147,6 +151,16 @@ func (c *runnerClient) HeapProfile(ctx context.Context, in *HeapProfileRequest, 
 	return out, nil
 }
 
+func (c *runnerClient) SetGuard(ctx context.Context, in *Guard, opts ...grpc.CallOption) (*SetGuardResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetGuardResponse)
+	err := c.cc.Invoke(ctx, Runner_SetGuard_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RunnerServer is the server API for Runner service.
 // All implementations must embed UnimplementedRunnerServer
 // for forward compatibility.
@@ -171,6 +185,9 @@ type RunnerServer interface {
 	Watch(*WatchRequest, grpc.ServerStreamingServer[Event]) error
 	// HeapProfile returns the runner's pprof heap profile.
 	HeapProfile(context.Context, *HeapProfileRequest) (*HeapProfileResponse, error)
+	// SetGuard replaces the lines of the runner's own memory guard, for
+	// example when the budget changes.
+	SetGuard(context.Context, *Guard) (*SetGuardResponse, error)
 	mustEmbedUnimplementedRunnerServer()
 }
 
@@ -201,6 +218,9 @@ func (UnimplementedRunnerServer) Watch(*WatchRequest, grpc.ServerStreamingServer
 }
 func (UnimplementedRunnerServer) HeapProfile(context.Context, *HeapProfileRequest) (*HeapProfileResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method HeapProfile not implemented")
+}
+func (UnimplementedRunnerServer) SetGuard(context.Context, *Guard) (*SetGuardResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetGuard not implemented")
 }
 func (UnimplementedRunnerServer) mustEmbedUnimplementedRunnerServer() {}
 func (UnimplementedRunnerServer) testEmbeddedByValue()                {}
@@ -342,6 +362,24 @@ func _Runner_HeapProfile_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Runner_SetGuard_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(Guard)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RunnerServer).SetGuard(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Runner_SetGuard_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RunnerServer).SetGuard(ctx, req.(*Guard))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Runner_ServiceDesc is the grpc.ServiceDesc for Runner service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -372,6 +410,10 @@ var Runner_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "HeapProfile",
 			Handler:    _Runner_HeapProfile_Handler,
+		},
+		{
+			MethodName: "SetGuard",
+			Handler:    _Runner_SetGuard_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
