@@ -207,6 +207,8 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusConflict, "exists", err.Error(), nil)
 	case errors.Is(err, registry.ErrActivePair):
 		writeError(w, http.StatusConflict, "active_pair", err.Error(), nil)
+	case errors.Is(err, registry.ErrQueueFull):
+		writeError(w, http.StatusTooManyRequests, "queue_full", err.Error()+"; retry when queued jobs have started (max_queued_jobs)", nil)
 	case errors.Is(err, ErrConflict):
 		writeError(w, http.StatusConflict, "conflict", err.Error(), nil)
 	case errors.Is(err, registry.ErrBadCursor):

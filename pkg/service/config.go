@@ -26,8 +26,11 @@ type Config struct {
 	StateDir string `json:"state_dir"`
 	Auth     Auth   `json:"auth"`
 	// MaxConcurrentJobs is how many jobs run at once; more are queued.
-	MaxConcurrentJobs int          `json:"max_concurrent_jobs"`
-	Memory            MemoryConfig `json:"memory"`
+	MaxConcurrentJobs int `json:"max_concurrent_jobs"`
+	// MaxQueuedJobs bounds the jobs waiting for a slot; a create beyond
+	// it gets 429.
+	MaxQueuedJobs int          `json:"max_queued_jobs"`
+	Memory        MemoryConfig `json:"memory"`
 	// Retention is how long a finished job is kept before it is pruned,
 	// with its state directory.
 	Retention job.Duration `json:"retention"`
@@ -98,6 +101,7 @@ func Default() Config {
 		Listen:            DefaultListen,
 		StateDir:          "/var/lib/memvisor",
 		MaxConcurrentJobs: 1,
+		MaxQueuedJobs:     1000,
 		Memory:            MemoryConfig{Defaults: job.DefaultMemory()},
 		Retention:         job.Duration(30 * 24 * time.Hour),
 		Metrics:           true,
@@ -230,6 +234,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConcurrentJobs < 1 || c.MaxConcurrentJobs > 64 {
 		v.Add("max_concurrent_jobs", "must be between 1 and 64 (got %d)", c.MaxConcurrentJobs)
+	}
+	if c.MaxQueuedJobs < 1 || c.MaxQueuedJobs > 1_000_000 {
+		v.Add("max_queued_jobs", "must be between 1 and 1000000 (got %d)", c.MaxQueuedJobs)
 	}
 	if c.Memory.Budget < 0 {
 		v.Add("memory.budget", "must not be negative")

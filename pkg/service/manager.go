@@ -59,12 +59,14 @@ func (e *InputError) Unwrap() error { return ErrInvalid }
 // them, each under its own Supervisor, and records every transition in the
 // registry.
 type Manager struct {
-	reg      *registry.DB
+	reg      Registry
 	factory  Factory
 	log      zerolog.Logger
 	now      func() time.Time
 	jobsDir  string
 	max      int
+	// maxQueued bounds the queue; 0 is no bound.
+	maxQueued int
 	share    job.ByteSize
 	defaults job.Memory
 	mask     bool
@@ -102,11 +104,11 @@ type activeJob struct {
 	quiet bool
 }
 
-func newManager(cfg Config, reg *registry.DB, factory Factory, log zerolog.Logger, now func() time.Time, m *metrics) *Manager {
+func newManager(cfg Config, reg Registry, factory Factory, log zerolog.Logger, now func() time.Time, m *metrics) *Manager {
 	ctx, cancel := context.WithCancel(context.Background())
 	mg := &Manager{
 		reg: reg, factory: factory, log: log, now: now, metrics: m,
-		jobsDir: cfg.jobsDir(), max: cfg.MaxConcurrentJobs,
+		jobsDir: cfg.jobsDir(), max: cfg.MaxConcurrentJobs, maxQueued: cfg.MaxQueuedJobs,
 		defaults: cfg.Memory.Defaults, mask: cfg.Log.MaskValues,
 		ctx: ctx, cancel: cancel,
 		active: map[string]*activeJob{}, hubs: map[string]*hub{},
@@ -120,12 +122,12 @@ func newManager(cfg Config, reg *registry.DB, factory Factory, log zerolog.Logge
 // recover requeues the jobs that were running when the last process
 // stopped, so that they resume, and starts what fits.
 func (m *Manager) recover() error {
-	recs, err := m.reg.All(registry.StatusRunning)
+	recs, err := allJobs(bg, m.reg, registry.StatusRunning)
 	if err != nil {
 		return fmt.Errorf("list running jobs: %w", err)
 	}
 	for _, r := range recs {
-		_, err := m.reg.Update(r.ID, func(rec *registry.Record) error {
+		_, err := m.reg.Update(bg, r.ID, func(rec *registry.Record) error {
 			rec.Status = registry.StatusQueued
 			rec.Reason = "resuming after a service restart"
 			rec.Updated = m.now()
@@ -162,14 +164,14 @@ func (m *Manager) Submit(body []byte) (registry.Record, error) {
 	if closing {
 		return registry.Record{}, ErrClosed
 	}
-	if err := m.reg.Create(&rec); err != nil {
+	if err := m.reg.Create(bg, &rec, m.maxQueued); err != nil {
 		return registry.Record{}, err
 	}
 	m.log.Info().Str(keyJob, rec.ID).Str("source", spec.Source.Type).Str("target", spec.Target.Type).
 		Bool("dry_run", spec.DryRun).Msg("job queued")
 	m.metrics.jobEvent("submitted")
 	m.schedule()
-	return m.reg.Get(rec.ID)
+	return m.reg.Get(bg, rec.ID)
 }
 
 var (
@@ -337,7 +339,7 @@ func (m *Manager) schedule() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for !m.closing && len(m.active) < m.max {
-		p, err := m.reg.List(registry.ListOptions{Statuses: []registry.Status{registry.StatusQueued}, Limit: 1})
+		p, err := m.reg.List(bg, registry.ListOptions{Statuses: []registry.Status{registry.StatusQueued}, Limit: 1})
 		if err != nil {
 			m.log.Error().Err(err).Msg("list queued jobs")
 			return
@@ -354,7 +356,7 @@ func (m *Manager) startLocked(rec registry.Record) {
 	fail := func(err error) {
 		log.Error().Err(err).Msg("job cannot start")
 		now := m.now()
-		if _, uerr := m.reg.Update(rec.ID, func(r *registry.Record) error {
+		if _, uerr := m.reg.Update(bg, rec.ID, func(r *registry.Record) error {
 			r.Status, r.Reason, r.Updated, r.Finished = registry.StatusFailed, err.Error(), now, now
 			return nil
 		}); uerr != nil {
@@ -377,7 +379,7 @@ func (m *Manager) startLocked(rec registry.Record) {
 		return
 	}
 	now := m.now()
-	updated, err := m.reg.Update(rec.ID, func(r *registry.Record) error {
+	updated, err := m.reg.Update(bg, rec.ID, func(r *registry.Record) error {
 		r.Status, r.Reason, r.Updated = registry.StatusRunning, "", now
 		if r.Started.IsZero() {
 			r.Started = now
@@ -431,7 +433,7 @@ func (m *Manager) finish(aj *activeJob, out Outcome, runErr error) {
 	}
 	final := out.Final
 	now := m.now()
-	rec, err := m.reg.Update(aj.id, func(r *registry.Record) error {
+	rec, err := m.reg.Update(bg, aj.id, func(r *registry.Record) error {
 		r.Status, r.Reason, r.Updated = status, reason, now
 		if final.Progress.Processed > 0 || final.Progress.TotalKnown || final.Progress.Batches > 0 {
 			r.Counts = countsOf(final.Progress)
@@ -531,7 +533,7 @@ func (m *Manager) publishViewLocked(id string, kind EventKind) {
 	if !ok {
 		return
 	}
-	rec, err := m.reg.Get(id)
+	rec, err := m.reg.Get(bg, id)
 	if err != nil {
 		return
 	}
@@ -553,7 +555,7 @@ func (m *Manager) viewOf(rec registry.Record, live *Snapshot) JobView {
 
 // Get returns a job's view, live while it runs.
 func (m *Manager) Get(id string) (JobView, error) {
-	rec, err := m.reg.Get(id)
+	rec, err := m.reg.Get(bg, id)
 	if err != nil {
 		return JobView{}, err
 	}
@@ -573,7 +575,7 @@ func (m *Manager) view(rec registry.Record) JobView {
 
 // List returns a page of jobs.
 func (m *Manager) List(opt registry.ListOptions) ([]JobView, string, error) {
-	p, err := m.reg.List(opt)
+	p, err := m.reg.List(bg, opt)
 	if err != nil {
 		return nil, "", err
 	}
@@ -627,7 +629,7 @@ func (m *Manager) stop(ctx context.Context, id string, in intent) (JobView, erro
 	}
 	defer m.mu.Unlock()
 	now := m.now()
-	rec, err := m.reg.Update(id, func(r *registry.Record) error {
+	rec, err := m.reg.Update(bg, id, func(r *registry.Record) error {
 		ok := r.Status == registry.StatusQueued || (in == intentCancel && r.Status == registry.StatusPaused)
 		if !ok {
 			return &TransitionError{ID: id, Action: action, From: r.Status}
@@ -684,7 +686,7 @@ func (m *Manager) requeue(id, action string, check func(*registry.Record) error)
 		return JobView{}, ErrClosed
 	}
 	now := m.now()
-	rec, err := m.reg.Reactivate(id, func(r *registry.Record) error {
+	rec, err := m.reg.Update(bg, id, func(r *registry.Record) error {
 		if err := check(r); err != nil {
 			return err
 		}
@@ -709,7 +711,7 @@ func (m *Manager) requeue(id, action string, check func(*registry.Record) error)
 func (m *Manager) Delete(id string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	rec, err := m.reg.Get(id)
+	rec, err := m.reg.Get(bg, id)
 	if err != nil {
 		return err
 	}
@@ -720,7 +722,7 @@ func (m *Manager) Delete(id string) error {
 }
 
 func (m *Manager) removeLocked(rec registry.Record) error {
-	if err := m.reg.Delete(rec.ID); err != nil {
+	if err := m.reg.Delete(bg, rec.ID); err != nil {
 		return err
 	}
 	m.specs.forget(rec)
@@ -738,7 +740,7 @@ func (m *Manager) removeLocked(rec registry.Record) error {
 
 // prune deletes the finished jobs that ended before cutoff.
 func (m *Manager) prune(cutoff time.Time) (int, error) {
-	recs, err := m.reg.All(registry.StatusCompleted, registry.StatusFailed, registry.StatusCancelled)
+	recs, err := allJobs(bg, m.reg, registry.StatusCompleted, registry.StatusFailed, registry.StatusCancelled)
 	if err != nil {
 		return 0, err
 	}
@@ -766,7 +768,7 @@ func (m *Manager) persistProgress() {
 	}
 	m.mu.Unlock()
 	for id, s := range snaps {
-		_, _ = m.reg.Update(id, func(r *registry.Record) error {
+		_, _ = m.reg.Update(bg, id, func(r *registry.Record) error {
 			if r.Status != registry.StatusRunning {
 				return errSkip
 			}
@@ -781,12 +783,16 @@ func (m *Manager) persistProgress() {
 
 var errSkip = errors.New("skip")
 
+// bg is the context of registry calls that no request bounds: a job's
+// transitions must be recorded even while the service shuts down.
+var bg = context.Background()
+
 // ping proves that the manager's lock and the registry answer, for the
 // systemd watchdog.
 func (m *Manager) ping() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	_, err := m.reg.List(registry.ListOptions{Limit: 1})
+	_, err := m.reg.List(bg, registry.ListOptions{Limit: 1})
 	return err
 }
 
@@ -794,7 +800,7 @@ func (m *Manager) ping() error {
 func (m *Manager) subscribe(id string) (*hub, *subscriber, []byte, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	rec, err := m.reg.Get(id)
+	rec, err := m.reg.Get(bg, id)
 	if err != nil {
 		return nil, nil, nil, false, err
 	}
@@ -821,7 +827,7 @@ func (m *Manager) heapProfile(ctx context.Context, id string) ([]byte, error) {
 	aj, ok := m.active[id]
 	m.mu.Unlock()
 	if !ok {
-		rec, err := m.reg.Get(id)
+		rec, err := m.reg.Get(bg, id)
 		if err != nil {
 			return nil, err
 		}
@@ -843,7 +849,7 @@ func (m *Manager) activeSnapshots() map[string]Snapshot {
 
 // jobDir returns a job's state directory after checking that it exists.
 func (m *Manager) jobDir(id string) (string, error) {
-	if _, err := m.reg.Get(id); err != nil {
+	if _, err := m.reg.Get(bg, id); err != nil {
 		return "", err
 	}
 	return filepath.Join(m.jobsDir, id), nil
