@@ -111,7 +111,6 @@ type ConflictError struct{ ID string }
 func (e *ConflictError) Error() string { return fmt.Sprintf("%v: job %s", ErrActivePair, e.ID) }
 func (e *ConflictError) Unwrap() error { return ErrActivePair }
 
-
 // ListOptions selects a page of jobs.
 type ListOptions struct {
 	// Statuses keeps only jobs in one of these states; empty keeps all.
