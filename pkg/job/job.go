@@ -443,3 +443,47 @@ func (i Inject) validate(v *Errors) {
 		v.Add("inject", "slow_drain and slow_batch must not be negative")
 	}
 }
+
+// ParseAPI decodes a job spec that came over the network, onto base (the
+// service's defaults), as DecodeStrict does: keys match exactly, each
+// problem is a FieldError naming its field. Unlike Parse and ParseJSON it
+// expands no environment variable: a '$' in a path or URL is refused, so
+// that a request cannot read the service's environment. stateDir replaces
+// whatever the body says; the service owns where job state lives.
+func ParseAPI(data []byte, base Spec, stateDir string) (Spec, error) {
+	if len(data) > maxSpecBytes {
+		return Spec{}, Errors{{Field: "", Message: fmt.Sprintf("is larger than %d bytes", maxSpecBytes)}}
+	}
+	s := base
+	if err := DecodeStrict(data, &s); err != nil {
+		return Spec{}, err
+	}
+	s.StateDir = stateDir
+	var v Errors
+	noEnv := func(field, value string) {
+		if strings.Contains(value, "$") {
+			v.Add(field, "environment variables are not expanded in API requests: give the value itself")
+		}
+	}
+	for _, e := range []struct {
+		name string
+		ep   Endpoint
+	}{{"source", s.Source}, {"target", s.Target}} {
+		noEnv(e.name+".path", e.ep.Path)
+		if e.ep.Podio != nil {
+			noEnv(e.name+".api_url", e.ep.APIURL)
+			if e.ep.Auth != nil {
+				noEnv(e.name+".auth.credentials_file", e.ep.Auth.CredentialsFile)
+			}
+		}
+	}
+	if err := s.Validate(); err != nil {
+		var ve Errors
+		if errors.As(err, &ve) {
+			v = append(v, ve...)
+		} else {
+			return Spec{}, err
+		}
+	}
+	return s, v.Err()
+}

@@ -33,6 +33,12 @@ var openAPIDoc []byte
 //go:embed status.html
 var statusPage []byte
 
+//go:embed status.js
+var statusJS []byte
+
+//go:embed status.css
+var statusCSS []byte
+
 // OpenAPI returns the API's OpenAPI 3 document.
 func OpenAPI() []byte { return bytes.Clone(openAPIDoc) }
 
@@ -56,6 +62,10 @@ type api struct {
 	done      <-chan struct{}
 	heartbeat time.Duration
 	routes    []Route
+	// hosts are the Host values accepted beside the loopback names.
+	hosts []string
+	// unixSocket: the API listens on a Unix socket only.
+	unixSocket bool
 }
 
 // handler builds the API's mux.
@@ -88,11 +98,13 @@ func (a *api) handler(metricsOn bool) http.Handler {
 	add("GET", "/healthz", false, a.healthz)
 	add("GET", "/readyz", false, a.readyz)
 	add("GET", "/{$}", false, a.page)
+	add("GET", "/status.js", false, a.asset("text/javascript; charset=utf-8", statusJS))
+	add("GET", "/status.css", false, a.asset("text/css; charset=utf-8", statusCSS))
 	// Anything else is a JSON 404 (or 405 from the mux's own matching).
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such route: "+r.URL.Path, nil)
 	})
-	return mux
+	return a.defend(mux)
 }
 
 // Routes lists the routes the API registers.
@@ -155,9 +167,9 @@ func (a *api) auth(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		h := r.Header.Get("Authorization")
-		got, ok := strings.CutPrefix(h, "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), a.token) != 1 {
+		// The scheme is case-insensitive (RFC 9110, section 11.1).
+		scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), a.token) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="memvisor"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)", nil)
 			return
@@ -207,6 +219,8 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusConflict, "exists", err.Error(), nil)
 	case errors.Is(err, registry.ErrActivePair):
 		writeError(w, http.StatusConflict, "active_pair", err.Error(), nil)
+	case errors.Is(err, registry.ErrQueueFull):
+		writeError(w, http.StatusTooManyRequests, "queue_full", err.Error()+"; retry when queued jobs have started (max_queued_jobs)", nil)
 	case errors.Is(err, ErrConflict):
 		writeError(w, http.StatusConflict, "conflict", err.Error(), nil)
 	case errors.Is(err, registry.ErrBadCursor):
@@ -315,11 +329,18 @@ func (a *api) transition(w http.ResponseWriter, r *http.Request, fn func(context
 	writeJSON(w, http.StatusOK, map[string]any{"id": v.ID, "status": v.Status, "job": v})
 }
 
-// maxFailedLine bounds one line of failed.jsonl in a response.
-const maxFailedLine = 256 << 10
+// The bounds of a page of failed items: a line longer than maxFailedLine
+// is sent clipped, as {"clipped_line", "offset", "bytes"}, and a page
+// stops before the item that would take it past maxFailedPage bytes (it
+// always holds at least one item), with a cursor to the rest.
+const (
+	maxFailedLine = 64 << 10
+	maxFailedPage = 4 << 20
+)
 
 // failed streams a page of failed.jsonl from a byte offset. It reads only
-// the lines of the page, never the whole file.
+// the lines of the page, never the whole file, and holds at most one
+// clipped line in memory.
 func (a *api) failed(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	dir, err := a.m.jobDir(id)
@@ -373,8 +394,12 @@ func (a *api) failed(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	br := bufio.NewReaderSize(f, 64<<10)
-	var out bytes.Buffer
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	out := bufio.NewWriterSize(w, 32<<10)
+	defer out.Flush()
 	out.WriteString(`{"items":[`)
+	written := 0
 	pos, n := offset, 0
 	more := false
 	for n < limit {
@@ -383,23 +408,31 @@ func (a *api) failed(w http.ResponseWriter, r *http.Request) {
 			// EOF, or a last line still being written: stop before it.
 			break
 		}
-		pos += size
 		if err != nil {
 			break
 		}
-		line = bytes.TrimSpace(line)
-		if len(line) == 0 {
+		item := bytes.TrimSpace(line)
+		if len(item) == 0 {
+			pos += size
 			continue
+		}
+		switch {
+		case size > maxFailedLine+1:
+			item, _ = json.Marshal(map[string]any{"clipped_line": string(bytes.ToValidUTF8(item, nil)), "offset": pos, "bytes": size})
+		case !json.Valid(item) || item[0] != '{':
+			item, _ = json.Marshal(map[string]any{"invalid_line": string(item), "offset": pos})
+		}
+		if n > 0 && written+len(item) > maxFailedPage {
+			// The page is full: the next one starts at this line.
+			more = true
+			break
 		}
 		if n > 0 {
 			out.WriteByte(',')
 		}
-		if json.Valid(line) && line[0] == '{' {
-			out.Write(line)
-		} else {
-			bad, _ := json.Marshal(map[string]any{"invalid_line": string(line), "offset": pos - size})
-			out.Write(bad)
-		}
+		out.Write(item)
+		written += len(item) + 1
+		pos += size
 		n++
 	}
 	if n == limit {
@@ -409,14 +442,11 @@ func (a *api) failed(w http.ResponseWriter, r *http.Request) {
 	}
 	out.WriteString(`],"next_cursor":`)
 	if more {
-		fmt.Fprintf(&out, `"%d"`, pos)
+		fmt.Fprintf(out, `"%d"`, pos)
 	} else {
 		out.WriteString("null")
 	}
-	fmt.Fprintf(&out, `,"end_offset":%d}`, pos)
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write(append(out.Bytes(), '\n'))
+	fmt.Fprintf(out, `,"end_offset":%d}`+"\n", pos)
 }
 
 // readLine reads one newline-terminated line, keeping at most limit bytes
@@ -585,6 +615,15 @@ func (a *api) readyz(w http.ResponseWriter, _ *http.Request) {
 func (a *api) page(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'")
+	w.Header().Set("Content-Security-Policy", pageCSP)
 	_, _ = w.Write(statusPage)
+}
+
+// asset serves an embedded file of the status page.
+func (a *api) asset(contentType string, data []byte) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", contentType)
+		w.Header().Set("Cache-Control", "no-cache")
+		_, _ = w.Write(data)
+	}
 }

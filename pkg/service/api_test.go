@@ -334,7 +334,9 @@ func TestHeapProfileOfARunningJob(t *testing.T) {
 func TestEventStream(t *testing.T) {
 	s := start(t, t.TempDir(), serverOpts{sim: servicetest.Options{Tick: 5 * time.Millisecond}})
 	s.create(spec(t, "ev", 600, nil))
-	resp, err := http.Get(s.base + "/v1/jobs/ev/events")
+	req, _ := http.NewRequest("GET", s.base+"/v1/jobs/ev/events", nil)
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memvisor/memvisor/pkg/service"
 	"github.com/memvisor/memvisor/pkg/service/servicetest"
 )
 
@@ -60,7 +61,8 @@ func TestNoSecretInLogsOrResponses(t *testing.T) {
 	const podioSecret = "podio-SECRET-77aa01"
 	t.Setenv("PODIO_CLIENT_SECRET", podioSecret)
 	t.Setenv("PODIO_APP_TOKEN", podioSecret+"-app")
-	s := start(t, t.TempDir(), serverOpts{token: token, sim: servicetest.Options{Tick: time.Millisecond, FailEvery: 3}})
+	s := start(t, t.TempDir(), serverOpts{token: token, sim: servicetest.Options{Tick: time.Millisecond, FailEvery: 3},
+		cfg: func(c *service.Config) { c.AllowedCredentials = []string{"PODIO_CLIENT_SECRET", "PODIO_APP_TOKEN"} }})
 	s.doAuth("GET", "/v1/jobs", nil, wrong)
 	s.doAuth("POST", "/v1/jobs", spec(t, "x", 10, nil), wrong)
 	podio := spec(t, "p", 30, map[string]any{

@@ -2,11 +2,14 @@ package service
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -26,8 +29,11 @@ type Config struct {
 	StateDir string `json:"state_dir"`
 	Auth     Auth   `json:"auth"`
 	// MaxConcurrentJobs is how many jobs run at once; more are queued.
-	MaxConcurrentJobs int          `json:"max_concurrent_jobs"`
-	Memory            MemoryConfig `json:"memory"`
+	MaxConcurrentJobs int `json:"max_concurrent_jobs"`
+	// MaxQueuedJobs bounds the jobs waiting for a slot; a create beyond
+	// it gets 429.
+	MaxQueuedJobs int          `json:"max_queued_jobs"`
+	Memory        MemoryConfig `json:"memory"`
 	// Retention is how long a finished job is kept before it is pruned,
 	// with its state directory.
 	Retention job.Duration `json:"retention"`
@@ -40,10 +46,31 @@ type Config struct {
 	// ShutdownTimeout bounds the drain of running jobs at shutdown.
 	ShutdownTimeout job.Duration `json:"shutdown_timeout"`
 
+	// AllowedRoots are the directories under which a job that comes
+	// through the API may read its source and write its target. Empty
+	// means <state_dir>/data.
+	AllowedRoots []string `json:"allowed_roots"`
+	// PodioAPIURLs are the only Podio API bases an API job may name.
+	PodioAPIURLs []string `json:"podio_api_urls"`
+	// AllowedCredentials are the environment variable names and the
+	// credential files an API job may name for its Podio auth.
+	AllowedCredentials []string `json:"allowed_credentials"`
+	// AllowInject lets API jobs use the fault injections, within bounds.
+	AllowInject bool `json:"allow_inject"`
+	// AllowedHosts are Host header values accepted beside the loopback
+	// names, for a deployment behind a proxy.
+	AllowedHosts []string `json:"allowed_hosts"`
+
 	// token is the bearer token, from auth.token_file or MEMVISOR_TOKEN.
 	// It is never marshalled.
 	token Secret
+	// warnings are problems that do not stop the service; Serve logs them.
+	warnings []string
 }
+
+// Warnings lists the problems of the configuration that do not stop the
+// service, such as a token file that others can read.
+func (c Config) Warnings() []string { return c.warnings }
 
 // Auth says where the API's bearer token comes from.
 type Auth struct {
@@ -98,11 +125,13 @@ func Default() Config {
 		Listen:            DefaultListen,
 		StateDir:          "/var/lib/memvisor",
 		MaxConcurrentJobs: 1,
+		MaxQueuedJobs:     1000,
 		Memory:            MemoryConfig{Defaults: job.DefaultMemory()},
 		Retention:         job.Duration(30 * 24 * time.Hour),
 		Metrics:           true,
 		Log:               LogConfig{Level: "info", Format: "auto"},
 		ShutdownTimeout:   job.Duration(60 * time.Second),
+		PodioAPIURLs:      []string{job.DefaultPodioAPIURL},
 	}
 }
 
@@ -185,25 +214,113 @@ func (c *Config) applyEnv(getenv func(string) string) {
 	}
 }
 
-// loadToken takes the token from MEMVISOR_TOKEN, else from the token file.
+// MinTokenBytes is the shortest bearer token the service accepts.
+const MinTokenBytes = 16
+
+// credentialName is the name of the token under systemd's
+// LoadCredential= ($CREDENTIALS_DIRECTORY/api-token).
+const credentialName = "api-token"
+
+// loadToken takes the token from MEMVISOR_TOKEN, else from systemd's
+// credential api-token, else from auth.token_file. With none of them,
+// Serve makes one in the state directory.
 func (c *Config) loadToken(getenv func(string) string) error {
 	if v := strings.TrimSpace(getenv(EnvToken)); v != "" {
 		c.token = Secret(v)
+		if len(v) < MinTokenBytes {
+			return fmt.Errorf("%s: the token must be at least %d bytes (got %d)", EnvToken, MinTokenBytes, len(v))
+		}
 		return nil
 	}
-	if c.Auth.TokenFile == "" {
+	path, field := c.Auth.TokenFile, "auth.token_file"
+	if dir := getenv("CREDENTIALS_DIRECTORY"); dir != "" {
+		if p := filepath.Join(dir, credentialName); fileExists(p) {
+			path, field = p, "LoadCredential="+credentialName
+		}
+	}
+	if path == "" {
 		return nil
 	}
-	data, err := os.ReadFile(c.Auth.TokenFile)
+	t, warn, err := readToken(path)
 	if err != nil {
-		return fmt.Errorf("auth.token_file: read token: %w", err)
+		return fmt.Errorf("%s: %w", field, err)
 	}
-	t := strings.TrimSpace(string(data))
-	if t == "" {
-		return fmt.Errorf("auth.token_file: %s is empty", c.Auth.TokenFile)
+	if warn != "" {
+		c.warnings = append(c.warnings, warn)
 	}
 	c.token = Secret(t)
 	return nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// readToken reads a token file. A file that others can read is a warning:
+// the token is the only thing between a local user and the API.
+func readToken(path string) (token, warning string, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", "", fmt.Errorf("read token: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", "", fmt.Errorf("read token: %w", err)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return "", "", fmt.Errorf("read token: %w", err)
+	}
+	t := strings.TrimSpace(string(data))
+	if t == "" {
+		return "", "", fmt.Errorf("%s is empty", path)
+	}
+	if len(t) < MinTokenBytes {
+		return "", "", fmt.Errorf("the token in %s must be at least %d bytes (got %d)", path, MinTokenBytes, len(t))
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		warning = fmt.Sprintf("token file %s is readable by its group or others (mode %v): chmod 600 it", path, st.Mode().Perm())
+	}
+	return t, warning, nil
+}
+
+// ensureToken makes sure the API has a token: when none is configured it
+// reads, or else creates, <state_dir>/api-token (32 random bytes in hex,
+// mode 0600). created says that it made a new one.
+func (c *Config) ensureToken() (path string, created bool, err error) {
+	if c.token != "" {
+		return "", false, nil
+	}
+	path = c.tokenPath()
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", false, fmt.Errorf("make API token: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case err == nil:
+		_, werr := f.WriteString(hex.EncodeToString(b[:]) + "\n")
+		serr := f.Sync()
+		cerr := f.Close()
+		if err := errors.Join(werr, serr, cerr); err != nil {
+			os.Remove(path)
+			return "", false, fmt.Errorf("write API token %s: %w", path, err)
+		}
+		created = true
+	case !errors.Is(err, os.ErrExist):
+		return "", false, fmt.Errorf("create API token %s: %w", path, err)
+	}
+	t, warn, err := readToken(path)
+	if err != nil {
+		return "", false, fmt.Errorf("%s: %w", path, err)
+	}
+	if warn != "" {
+		c.warnings = append(c.warnings, warn)
+	}
+	c.token = Secret(t)
+	return path, created, nil
 }
 
 // WithToken returns c with the bearer token set, for tests and callers that
@@ -228,8 +345,34 @@ func (c Config) Validate() error {
 	if c.StateDir == "" {
 		v.Add("state_dir", "must not be empty")
 	}
+	if c.token != "" && len(c.token) < MinTokenBytes {
+		v.Add("auth.token_file", "the token must be at least %d bytes (got %d)", MinTokenBytes, len(c.token))
+	}
+	for i, r := range c.AllowedRoots {
+		if !filepath.IsAbs(r) {
+			v.Add(fmt.Sprintf("allowed_roots[%d]", i), "must be an absolute path (got %q)", r)
+		}
+	}
+	for i, u := range c.PodioAPIURLs {
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+			v.Add(fmt.Sprintf("podio_api_urls[%d]", i), "must be an http or https URL (got %q)", u)
+		}
+	}
+	for i, cr := range c.AllowedCredentials {
+		if cr == "" || strings.HasPrefix(cr, "MEMVISOR_") || (!filepath.IsAbs(cr) && strings.ContainsAny(cr, "/$")) {
+			v.Add(fmt.Sprintf("allowed_credentials[%d]", i), "must be an environment variable name (not MEMVISOR_*) or an absolute file path (got %q)", cr)
+		}
+	}
+	for i, h := range c.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, "/ ") {
+			v.Add(fmt.Sprintf("allowed_hosts[%d]", i), "must be a host name, optionally with :port (got %q)", h)
+		}
+	}
 	if c.MaxConcurrentJobs < 1 || c.MaxConcurrentJobs > 64 {
 		v.Add("max_concurrent_jobs", "must be between 1 and 64 (got %d)", c.MaxConcurrentJobs)
+	}
+	if c.MaxQueuedJobs < 1 || c.MaxQueuedJobs > 1_000_000 {
+		v.Add("max_queued_jobs", "must be between 1 and 1000000 (got %d)", c.MaxQueuedJobs)
 	}
 	if c.Memory.Budget < 0 {
 		v.Add("memory.budget", "must not be negative")
@@ -322,8 +465,30 @@ func isLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// The names inside the state directory, in one place.
+const (
+	stateJobs     = "jobs"
+	stateRegistry = "registry.db"
+	stateToken    = "api-token"
+	stateData     = "data"
+)
+
 // jobsDir is where the jobs' own state directories live.
-func (c Config) jobsDir() string { return filepath.Join(c.StateDir, "jobs") }
+func (c Config) jobsDir() string { return filepath.Join(c.StateDir, stateJobs) }
 
 // registryPath is the registry's bbolt file.
-func (c Config) registryPath() string { return filepath.Join(c.StateDir, "registry.db") }
+func (c Config) registryPath() string { return filepath.Join(c.StateDir, stateRegistry) }
+
+// tokenPath is where Serve keeps the token it made.
+func (c Config) tokenPath() string { return filepath.Join(c.StateDir, stateToken) }
+
+// dataDir is the default allowed root.
+func (c Config) dataDir() string { return filepath.Join(c.StateDir, stateData) }
+
+// allowedRoots is allowed_roots, or the data directory by default.
+func (c Config) allowedRoots() []string {
+	if len(c.AllowedRoots) > 0 {
+		return c.AllowedRoots
+	}
+	return []string{c.dataDir()}
+}

@@ -34,7 +34,7 @@ func TestConfigDeployExampleParses(t *testing.T) {
 	if err := os.WriteFile(tok, []byte("abc\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := service.ParseEnv(f, env(map[string]string{"MEMVISOR_TOKEN": "from-env"}))
+	c, err := service.ParseEnv(f, env(map[string]string{"MEMVISOR_TOKEN": "from-env-0123456789"}))
 	if err != nil {
 		t.Fatalf("deploy/config.yaml: %v", err)
 	}
@@ -46,7 +46,7 @@ func TestConfigDeployExampleParses(t *testing.T) {
 func TestConfigParse(t *testing.T) {
 	dir := t.TempDir()
 	tok := filepath.Join(dir, "token")
-	if err := os.WriteFile(tok, []byte("  s3cret-token\n"), 0o600); err != nil {
+	if err := os.WriteFile(tok, []byte("  s3cret-token-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	yaml := `
@@ -120,7 +120,7 @@ memory: {budget: 1MiB, defaults: {warning_percent: 90, critical_percent: 80}}
 		})
 	}
 	// With a token, any address will do; a unix socket needs none.
-	if _, err := service.ParseEnv(strings.NewReader("listen: 0.0.0.0:7411\n"), env(map[string]string{"MEMVISOR_TOKEN": "t"})); err != nil {
+	if _, err := service.ParseEnv(strings.NewReader("listen: 0.0.0.0:7411\n"), env(map[string]string{"MEMVISOR_TOKEN": "t-0123456789abcdef"})); err != nil {
 		t.Errorf("public with a token: %v", err)
 	}
 	if _, err := service.ParseEnv(strings.NewReader("listen: unix:/run/memvisor/api.sock\n"), env(nil)); err != nil {

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -69,6 +71,9 @@ func testConfig(t *testing.T, stateDir string) service.Config {
 	cfg := service.Default()
 	cfg.StateDir = stateDir
 	cfg.Listen = "127.0.0.1:0"
+	// The test's t.TempDir directories share this parent: jobs may use
+	// any of them.
+	cfg.AllowedRoots = []string{filepath.Dir(stateDir)}
 	return cfg
 }
 
@@ -108,6 +113,12 @@ func start(t *testing.T, stateDir string, so serverOpts) *server {
 		t.Fatal("service did not become ready")
 	}
 	t.Cleanup(func() { s.stop() })
+	if s.token == "" {
+		// With no token configured, the service made one.
+		if data, err := os.ReadFile(filepath.Join(stateDir, "api-token")); err == nil {
+			s.token = strings.TrimSpace(string(data))
+		}
+	}
 	return s
 }
 
@@ -184,6 +195,9 @@ func (s *server) doAuth(method, path string, body any, token string) response {
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -9,14 +9,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/memvisor/memvisor/pkg/job"
+	"github.com/memvisor/memvisor/pkg/service/confine"
 	"github.com/memvisor/memvisor/pkg/service/registry"
 )
 
@@ -59,16 +58,19 @@ func (e *InputError) Unwrap() error { return ErrInvalid }
 // them, each under its own Supervisor, and records every transition in the
 // registry.
 type Manager struct {
-	reg      *registry.DB
-	factory  Factory
-	log      zerolog.Logger
-	now      func() time.Time
-	jobsDir  string
-	max      int
-	share    job.ByteSize
-	defaults job.Memory
-	mask     bool
-	metrics  *metrics
+	reg     Registry
+	factory Factory
+	log     zerolog.Logger
+	now     func() time.Time
+	jobsDir string
+	max     int
+	// maxQueued bounds the queue; 0 is no bound.
+	maxQueued int
+	share     job.ByteSize
+	defaults  job.Memory
+	mask      bool
+	metrics   *metrics
+	policy    *confine.Policy
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -102,11 +104,11 @@ type activeJob struct {
 	quiet bool
 }
 
-func newManager(cfg Config, reg *registry.DB, factory Factory, log zerolog.Logger, now func() time.Time, m *metrics) *Manager {
+func newManager(cfg Config, reg Registry, policy *confine.Policy, factory Factory, log zerolog.Logger, now func() time.Time, m *metrics) *Manager {
 	ctx, cancel := context.WithCancel(context.Background())
 	mg := &Manager{
-		reg: reg, factory: factory, log: log, now: now, metrics: m,
-		jobsDir: cfg.jobsDir(), max: cfg.MaxConcurrentJobs,
+		reg: reg, policy: policy, factory: factory, log: log, now: now, metrics: m,
+		jobsDir: cfg.jobsDir(), max: cfg.MaxConcurrentJobs, maxQueued: cfg.MaxQueuedJobs,
 		defaults: cfg.Memory.Defaults, mask: cfg.Log.MaskValues,
 		ctx: ctx, cancel: cancel,
 		active: map[string]*activeJob{}, hubs: map[string]*hub{},
@@ -120,12 +122,12 @@ func newManager(cfg Config, reg *registry.DB, factory Factory, log zerolog.Logge
 // recover requeues the jobs that were running when the last process
 // stopped, so that they resume, and starts what fits.
 func (m *Manager) recover() error {
-	recs, err := m.reg.All(registry.StatusRunning)
+	recs, err := allJobs(bg, m.reg, registry.StatusRunning)
 	if err != nil {
 		return fmt.Errorf("list running jobs: %w", err)
 	}
 	for _, r := range recs {
-		_, err := m.reg.Update(r.ID, func(rec *registry.Record) error {
+		_, err := m.reg.Update(bg, r.ID, func(rec *registry.Record) error {
 			rec.Status = registry.StatusQueued
 			rec.Reason = "resuming after a service restart"
 			rec.Updated = m.now()
@@ -140,21 +142,16 @@ func (m *Manager) recover() error {
 	return nil
 }
 
-// Submit validates a job spec given as JSON, records it as queued, and
-// starts it if a slot is free.
+// Submit validates a job spec given as JSON, confines it, records it as
+// queued, and starts it if a slot is free.
 func (m *Manager) Submit(body []byte) (registry.Record, error) {
 	spec, err := m.prepare(body)
 	if err != nil {
 		return registry.Record{}, err
 	}
-	specJSON, err := json.Marshal(spec)
+	plan, err := m.policy.Check(spec)
 	if err != nil {
-		return registry.Record{}, fmt.Errorf("encode job: %w", err)
-	}
-	now := m.now()
-	rec := registry.Record{
-		ID: spec.ID, Spec: specJSON, Pair: pairKey(spec), Status: registry.StatusQueued,
-		Created: now, Updated: now,
+		return registry.Record{}, inputError(err)
 	}
 	m.mu.Lock()
 	closing := m.closing
@@ -162,77 +159,53 @@ func (m *Manager) Submit(body []byte) (registry.Record, error) {
 	if closing {
 		return registry.Record{}, ErrClosed
 	}
-	if err := m.reg.Create(&rec); err != nil {
+	// The checks passed: create a new target, with its marker, so that it
+	// has an identity for the same-target check.
+	if err := plan.Commit(); err != nil {
+		return registry.Record{}, inputError(err)
+	}
+	spec = plan.Spec
+	specJSON, err := json.Marshal(spec)
+	if err != nil {
+		return registry.Record{}, fmt.Errorf("encode job: %w", err)
+	}
+	now := m.now()
+	rec := registry.Record{
+		ID: spec.ID, Spec: specJSON, Pair: pairKey(spec, plan.SourceID, plan.TargetID), Status: registry.StatusQueued,
+		Created: now, Updated: now,
+	}
+	if err := m.reg.Create(bg, &rec, m.maxQueued); err != nil {
 		return registry.Record{}, err
 	}
 	m.log.Info().Str(keyJob, rec.ID).Str("source", spec.Source.Type).Str("target", spec.Target.Type).
 		Bool("dry_run", spec.DryRun).Msg("job queued")
 	m.metrics.jobEvent("submitted")
 	m.schedule()
-	return m.reg.Get(rec.ID)
+	return m.reg.Get(bg, rec.ID)
 }
 
-var (
-	unknownField = regexp.MustCompile(`unknown field "([^"]*)"`)
-	typeField    = regexp.MustCompile(`Go struct field \w+\.(\S+) of type`)
-	namedField   = regexp.MustCompile(`^([a-z_]+(\.[a-z_]+)*): `)
-)
+// inputError makes field errors an InputError and passes others through.
+func inputError(err error) error {
+	var je job.Errors
+	if errors.As(err, &je) {
+		return &InputError{Fields: je}
+	}
+	return err
+}
 
-// prepare turns a request body into a spec: the service's memory defaults
-// fill what the body leaves out, the service chooses the state dir, an id
-// is made up when there is none, and environment variables are refused in
-// paths (the API must not read the service's environment).
+// prepare decodes a request body strictly onto the service's defaults
+// (memory policy, budget share, a made-up id), with the service's state
+// dir and no environment expansion.
 func (m *Manager) prepare(body []byte) (job.Spec, error) {
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(body, &obj); err != nil || obj == nil {
-		return job.Spec{}, &InputError{Fields: job.Errors{{Field: "", Message: "the body must be a JSON object (a job spec)"}}}
-	}
-	var fe job.Errors
-	checkNoEnv(obj, &fe)
-	if len(fe) > 0 {
-		return job.Spec{}, &InputError{Fields: fe}
-	}
-	if _, ok := obj["id"]; !ok {
-		obj["id"], _ = json.Marshal(newID(m.now()))
-	}
-	obj["state_dir"], _ = json.Marshal(m.jobsDir)
-	defaults := m.defaults
+	base := job.Default()
+	base.ID = newID(m.now())
+	base.Memory = m.defaults
 	if m.share > 0 {
-		defaults.Limit = m.share
+		base.Memory.Limit = m.share
 	}
-	base, _ := json.Marshal(defaults)
-	if mem, ok := obj["memory"]; ok {
-		merged, err := mergeJSON(base, mem)
-		if err != nil {
-			return job.Spec{}, &InputError{Fields: job.Errors{{Field: "memory", Message: "must be an object"}}}
-		}
-		obj["memory"] = merged
-	} else {
-		obj["memory"] = base
-	}
-	data, _ := json.Marshal(obj)
-	spec, err := job.ParseJSON(data)
+	spec, err := job.ParseAPI(body, base, m.jobsDir)
 	if err != nil {
-		var je job.Errors
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &je):
-			return job.Spec{}, &InputError{Fields: je}
-		case errors.As(err, &te):
-			field := te.Field
-			return job.Spec{}, &InputError{Fields: job.Errors{{Field: field, Message: fmt.Sprintf("cannot be a JSON %s", te.Value)}}}
-		default:
-			msg := strings.TrimPrefix(err.Error(), "decode job: ")
-			field := ""
-			if mm := unknownField.FindStringSubmatch(msg); mm != nil {
-				field, msg = mm[1], "unknown field"
-			} else if mm := typeField.FindStringSubmatch(msg); mm != nil {
-				field = mm[1]
-			} else if mm := namedField.FindStringSubmatch(msg); mm != nil {
-				field, msg = mm[1], strings.TrimPrefix(msg, mm[0])
-			}
-			return job.Spec{}, &InputError{Fields: job.Errors{{Field: field, Message: msg}}}
-		}
+		return job.Spec{}, inputError(err)
 	}
 	if m.share > 0 && spec.Memory.Limit > m.share {
 		return job.Spec{}, &InputError{Fields: job.Errors{{Field: "memory.limit",
@@ -241,67 +214,7 @@ func (m *Manager) prepare(body []byte) (job.Spec, error) {
 	if m.mask {
 		spec.Log.MaskValues = true
 	}
-	for _, e := range []job.Endpoint{spec.Source, spec.Target} {
-		if e.Podio != nil && e.Podio.Auth != nil {
-			a := e.Podio.Auth
-			for _, name := range []string{a.ClientSecretEnv, a.AppTokenEnv, a.UsernameEnv, a.PasswordEnv, a.RefreshTokenEnv} {
-				if strings.HasPrefix(name, "MEMVISOR_") {
-					fe.Add("auth", "environment variable %s is the service's own and cannot hold a job's credentials", name)
-				}
-			}
-		}
-	}
-	if len(fe) > 0 {
-		return job.Spec{}, &InputError{Fields: fe}
-	}
 	return spec, nil
-}
-
-// checkNoEnv refuses '$' in the fields that job.ParseJSON would expand.
-func checkNoEnv(obj map[string]json.RawMessage, fe *job.Errors) {
-	str := func(raw json.RawMessage) string {
-		var s string
-		_ = json.Unmarshal(raw, &s)
-		return s
-	}
-	for _, side := range []string{"source", "target"} {
-		var ep map[string]json.RawMessage
-		if json.Unmarshal(obj[side], &ep) != nil {
-			continue
-		}
-		for _, k := range []string{"path", "api_url"} {
-			if strings.Contains(str(ep[k]), "$") {
-				fe.Add(side+"."+k, "environment variables are not expanded in API requests: give the value itself")
-			}
-		}
-		var auth map[string]json.RawMessage
-		if json.Unmarshal(ep["auth"], &auth) == nil && strings.Contains(str(auth["credentials_file"]), "$") {
-			fe.Add(side+".auth.credentials_file", "environment variables are not expanded in API requests: give the path itself")
-		}
-	}
-}
-
-// mergeJSON overlays the keys of over onto base, recursively for objects.
-func mergeJSON(base, over json.RawMessage) (json.RawMessage, error) {
-	var b, o map[string]json.RawMessage
-	if err := json.Unmarshal(over, &o); err != nil || o == nil {
-		return nil, errors.New("not an object")
-	}
-	if err := json.Unmarshal(base, &b); err != nil || b == nil {
-		return over, nil
-	}
-	for k, v := range o {
-		if bv, ok := b[k]; ok && len(v) > 0 && v[0] == '{' && len(bv) > 0 && bv[0] == '{' {
-			mv, err := mergeJSON(bv, v)
-			if err != nil {
-				return nil, err
-			}
-			b[k] = mv
-			continue
-		}
-		b[k] = v
-	}
-	return json.Marshal(b)
 }
 
 func newID(now time.Time) string {
@@ -310,10 +223,14 @@ func newID(now time.Time) string {
 	return "job-" + now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(r[:])
 }
 
-// pairKey identifies a job's source and target, credentials left out.
-func pairKey(s job.Spec) string {
-	norm := func(e job.Endpoint) job.Endpoint {
-		if e.Path != "" {
+// pairKey identifies a job's source and target, credentials left out. A
+// file is named by its device and inode (srcID, tgtID), so that two
+// spellings of one file are one pair.
+func pairKey(s job.Spec, srcID, tgtID string) string {
+	norm := func(e job.Endpoint, id string) job.Endpoint {
+		if id != "" {
+			e.Path = id
+		} else if e.Path != "" {
 			if abs, err := filepath.Abs(e.Path); err == nil {
 				e.Path = abs
 			}
@@ -328,7 +245,7 @@ func pairKey(s job.Spec) string {
 		}
 		return e
 	}
-	data, _ := json.Marshal([2]job.Endpoint{norm(s.Source), norm(s.Target)})
+	data, _ := json.Marshal([2]job.Endpoint{norm(s.Source, srcID), norm(s.Target, tgtID)})
 	return string(data)
 }
 
@@ -337,7 +254,7 @@ func (m *Manager) schedule() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for !m.closing && len(m.active) < m.max {
-		p, err := m.reg.List(registry.ListOptions{Statuses: []registry.Status{registry.StatusQueued}, Limit: 1})
+		p, err := m.reg.List(bg, registry.ListOptions{Statuses: []registry.Status{registry.StatusQueued}, Limit: 1})
 		if err != nil {
 			m.log.Error().Err(err).Msg("list queued jobs")
 			return
@@ -354,7 +271,7 @@ func (m *Manager) startLocked(rec registry.Record) {
 	fail := func(err error) {
 		log.Error().Err(err).Msg("job cannot start")
 		now := m.now()
-		if _, uerr := m.reg.Update(rec.ID, func(r *registry.Record) error {
+		if _, uerr := m.reg.Update(bg, rec.ID, func(r *registry.Record) error {
 			r.Status, r.Reason, r.Updated, r.Finished = registry.StatusFailed, err.Error(), now, now
 			return nil
 		}); uerr != nil {
@@ -377,7 +294,7 @@ func (m *Manager) startLocked(rec registry.Record) {
 		return
 	}
 	now := m.now()
-	updated, err := m.reg.Update(rec.ID, func(r *registry.Record) error {
+	updated, err := m.reg.Update(bg, rec.ID, func(r *registry.Record) error {
 		r.Status, r.Reason, r.Updated = registry.StatusRunning, "", now
 		if r.Started.IsZero() {
 			r.Started = now
@@ -431,7 +348,7 @@ func (m *Manager) finish(aj *activeJob, out Outcome, runErr error) {
 	}
 	final := out.Final
 	now := m.now()
-	rec, err := m.reg.Update(aj.id, func(r *registry.Record) error {
+	rec, err := m.reg.Update(bg, aj.id, func(r *registry.Record) error {
 		r.Status, r.Reason, r.Updated = status, reason, now
 		if final.Progress.Processed > 0 || final.Progress.TotalKnown || final.Progress.Batches > 0 {
 			r.Counts = countsOf(final.Progress)
@@ -531,7 +448,7 @@ func (m *Manager) publishViewLocked(id string, kind EventKind) {
 	if !ok {
 		return
 	}
-	rec, err := m.reg.Get(id)
+	rec, err := m.reg.Get(bg, id)
 	if err != nil {
 		return
 	}
@@ -553,7 +470,7 @@ func (m *Manager) viewOf(rec registry.Record, live *Snapshot) JobView {
 
 // Get returns a job's view, live while it runs.
 func (m *Manager) Get(id string) (JobView, error) {
-	rec, err := m.reg.Get(id)
+	rec, err := m.reg.Get(bg, id)
 	if err != nil {
 		return JobView{}, err
 	}
@@ -573,7 +490,7 @@ func (m *Manager) view(rec registry.Record) JobView {
 
 // List returns a page of jobs.
 func (m *Manager) List(opt registry.ListOptions) ([]JobView, string, error) {
-	p, err := m.reg.List(opt)
+	p, err := m.reg.List(bg, opt)
 	if err != nil {
 		return nil, "", err
 	}
@@ -627,7 +544,7 @@ func (m *Manager) stop(ctx context.Context, id string, in intent) (JobView, erro
 	}
 	defer m.mu.Unlock()
 	now := m.now()
-	rec, err := m.reg.Update(id, func(r *registry.Record) error {
+	rec, err := m.reg.Update(bg, id, func(r *registry.Record) error {
 		ok := r.Status == registry.StatusQueued || (in == intentCancel && r.Status == registry.StatusPaused)
 		if !ok {
 			return &TransitionError{ID: id, Action: action, From: r.Status}
@@ -684,7 +601,7 @@ func (m *Manager) requeue(id, action string, check func(*registry.Record) error)
 		return JobView{}, ErrClosed
 	}
 	now := m.now()
-	rec, err := m.reg.Reactivate(id, func(r *registry.Record) error {
+	rec, err := m.reg.Update(bg, id, func(r *registry.Record) error {
 		if err := check(r); err != nil {
 			return err
 		}
@@ -709,7 +626,7 @@ func (m *Manager) requeue(id, action string, check func(*registry.Record) error)
 func (m *Manager) Delete(id string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	rec, err := m.reg.Get(id)
+	rec, err := m.reg.Get(bg, id)
 	if err != nil {
 		return err
 	}
@@ -720,7 +637,7 @@ func (m *Manager) Delete(id string) error {
 }
 
 func (m *Manager) removeLocked(rec registry.Record) error {
-	if err := m.reg.Delete(rec.ID); err != nil {
+	if err := m.reg.Delete(bg, rec.ID); err != nil {
 		return err
 	}
 	m.specs.forget(rec)
@@ -738,7 +655,7 @@ func (m *Manager) removeLocked(rec registry.Record) error {
 
 // prune deletes the finished jobs that ended before cutoff.
 func (m *Manager) prune(cutoff time.Time) (int, error) {
-	recs, err := m.reg.All(registry.StatusCompleted, registry.StatusFailed, registry.StatusCancelled)
+	recs, err := allJobs(bg, m.reg, registry.StatusCompleted, registry.StatusFailed, registry.StatusCancelled)
 	if err != nil {
 		return 0, err
 	}
@@ -766,7 +683,7 @@ func (m *Manager) persistProgress() {
 	}
 	m.mu.Unlock()
 	for id, s := range snaps {
-		_, _ = m.reg.Update(id, func(r *registry.Record) error {
+		_, _ = m.reg.Update(bg, id, func(r *registry.Record) error {
 			if r.Status != registry.StatusRunning {
 				return errSkip
 			}
@@ -781,12 +698,16 @@ func (m *Manager) persistProgress() {
 
 var errSkip = errors.New("skip")
 
+// bg is the context of registry calls that no request bounds: a job's
+// transitions must be recorded even while the service shuts down.
+var bg = context.Background()
+
 // ping proves that the manager's lock and the registry answer, for the
 // systemd watchdog.
 func (m *Manager) ping() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	_, err := m.reg.List(registry.ListOptions{Limit: 1})
+	_, err := m.reg.List(bg, registry.ListOptions{Limit: 1})
 	return err
 }
 
@@ -794,7 +715,7 @@ func (m *Manager) ping() error {
 func (m *Manager) subscribe(id string) (*hub, *subscriber, []byte, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	rec, err := m.reg.Get(id)
+	rec, err := m.reg.Get(bg, id)
 	if err != nil {
 		return nil, nil, nil, false, err
 	}
@@ -821,7 +742,7 @@ func (m *Manager) heapProfile(ctx context.Context, id string) ([]byte, error) {
 	aj, ok := m.active[id]
 	m.mu.Unlock()
 	if !ok {
-		rec, err := m.reg.Get(id)
+		rec, err := m.reg.Get(bg, id)
 		if err != nil {
 			return nil, err
 		}
@@ -843,7 +764,7 @@ func (m *Manager) activeSnapshots() map[string]Snapshot {
 
 // jobDir returns a job's state directory after checking that it exists.
 func (m *Manager) jobDir(id string) (string, error) {
-	if _, err := m.reg.Get(id); err != nil {
+	if _, err := m.reg.Get(bg, id); err != nil {
 		return "", err
 	}
 	return filepath.Join(m.jobsDir, id), nil

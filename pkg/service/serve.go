@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/memvisor/memvisor/internal/version"
+	"github.com/memvisor/memvisor/pkg/service/confine"
 	"github.com/memvisor/memvisor/pkg/service/registry"
 )
 
@@ -107,8 +108,36 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 		}
 		o.factory = SuperviseFactory(runner)
 	}
+	if abs, err := filepath.Abs(cfg.StateDir); err == nil {
+		cfg.StateDir = abs
+	}
 	if err := os.MkdirAll(cfg.jobsDir(), 0o750); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
+	}
+	if len(cfg.AllowedRoots) == 0 {
+		if err := os.MkdirAll(cfg.dataDir(), 0o750); err != nil {
+			return fmt.Errorf("create data dir: %w", err)
+		}
+	}
+	policy, err := confine.New(confine.Rules{
+		AllowedRoots: cfg.allowedRoots(), StateDir: cfg.StateDir, PodioAPIURLs: cfg.PodioAPIURLs,
+		Credentials: cfg.AllowedCredentials, AllowInject: cfg.AllowInject,
+	})
+	if err != nil {
+		return err
+	}
+	for _, w := range cfg.Warnings() {
+		log.Warn().Msg(w)
+	}
+	tokenPath, created, err := cfg.ensureToken()
+	if err != nil {
+		return err
+	}
+	switch {
+	case created:
+		log.Info().Str("token_file", tokenPath).Msg("no API token was configured: made one; clients send it as Authorization: Bearer <token>")
+	case tokenPath != "":
+		log.Info().Str("token_file", tokenPath).Msg("API token from the state directory")
 	}
 	reg, err := registry.Open(cfg.registryPath(), 2*time.Second)
 	if err != nil {
@@ -122,7 +151,7 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 	}
 	var mgr *Manager
 	mt := newMetrics(promReg, func() map[string]Snapshot { return mgr.activeSnapshots() })
-	mgr = newManager(cfg, reg, o.factory, log, o.now, mt)
+	mgr = newManager(cfg, reg, policy, o.factory, log, o.now, mt)
 
 	ln := o.listener
 	if ln == nil {
@@ -135,7 +164,8 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 	done := make(chan struct{})
 	a := &api{
 		m: mgr, log: log, token: []byte(string(cfg.token)), metrics: mt, gatherer: promReg,
-		ready: ready.Load, done: done, heartbeat: o.heartbeat,
+		ready: ready.Load, done: done, heartbeat: o.heartbeat, hosts: allowedHosts(cfg),
+		unixSocket: ln.Addr().Network() == "unix",
 	}
 	srv := &http.Server{
 		Handler:           a.handler(cfg.Metrics),
@@ -209,13 +239,15 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 			}
 		}
 	}, func(error) { loopCancel() })
-	// The context: cancellation starts the shutdown.
-	g.Add(func() error {
-		<-ctx.Done()
-		return nil
-	}, func(error) {})
+	// The context: cancellation starts the shutdown, and the end of
+	// another actor interrupts it.
+	g.Add(run.ContextHandler(ctx))
 
 	runErr := g.Run()
+	if ctx.Err() != nil && errors.Is(runErr, ctx.Err()) {
+		// A requested stop, not a failure.
+		runErr = nil
+	}
 
 	// Drain: tell systemd, stop the jobs so that each runner commits.
 	ready.Store(false)

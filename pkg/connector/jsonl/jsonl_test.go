@@ -214,3 +214,37 @@ func FuzzDecodeItem(f *testing.F) {
 		}
 	})
 }
+
+func TestTargetSkipsItsMarkerLine(t *testing.T) {
+	p := writeFile(t, "marked.jsonl", jsonl.TargetMarker)
+	tg, err := jsonl.OpenTarget(p, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := tg.Create(t.Context(), "7", connector.Fields{"email": json.RawMessage(`"a@x.io"`)})
+	if err != nil || id != 1 {
+		t.Fatalf("Create on a marked target: id %d err %v, want id 1", id, err)
+	}
+	var got []string
+	if _, err := tg.Scan(t.Context(), 0, func(it connector.TargetItem) error {
+		got = append(got, it.ExternalID)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != "7" {
+		t.Errorf("scan: got %q, want the one item and not the marker", got)
+	}
+	if _, err := tg.Get(t.Context(), 1); err != nil {
+		t.Errorf("Get after the marker: %v", err)
+	}
+	tg.Close()
+	tg, err = jsonl.OpenTarget(p, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	if id, err := tg.Create(t.Context(), "8", connector.Fields{}); err != nil || id != 2 {
+		t.Errorf("after a reopen: id %d err %v, want 2", id, err)
+	}
+}

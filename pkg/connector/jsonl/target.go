@@ -45,6 +45,13 @@ type Target struct {
 
 type idOffset struct{ id, off int64 }
 
+// TargetMarker is the first line of a target that the service created for
+// a job that came through its API. The service appends only to files that
+// start with it, so that a job cannot truncate or extend a file that is
+// not a memvisor target. Readers skip it; a target without it (one that
+// `supervisor run` created) reads as before.
+const TargetMarker = `{"memvisor":"jsonl-target","version":1}` + "\n"
+
 var (
 	_ connector.Target       = (*Target)(nil)
 	_ connector.Flusher      = (*Target)(nil)
@@ -154,6 +161,13 @@ func (t *Target) scan(ctx context.Context, from, to int64, fn func(id, off int64
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
 			return off, fmt.Errorf("read target %s at byte %d: %w", t.path, off, err)
+		}
+		if off == 0 && string(line) == TargetMarker {
+			off += int64(len(line))
+			if errors.Is(err, io.EOF) {
+				return off, nil
+			}
+			continue
 		}
 		body := bytes.TrimSpace(line)
 		if len(body) > 0 {

@@ -62,6 +62,7 @@ func BenchmarkAPIUnderLoad(b *testing.B) {
 		go func() {
 			defer subWG.Done()
 			req, _ := http.NewRequestWithContext(ctx, "GET", p.base+"/v1/jobs/bench/events", nil)
+			req.Header.Set("Authorization", "Bearer "+p.token)
 			resp, err := client.Do(req)
 			if err != nil {
 				subErrs.Add(1)
@@ -120,7 +121,9 @@ func BenchmarkAPIUnderLoad(b *testing.B) {
 		go func() {
 			defer poolWG.Done()
 			for at := range sched {
-				resp, err := client.Get(p.base + "/v1/jobs/bench")
+				req, _ := http.NewRequest("GET", p.base+"/v1/jobs/bench", nil)
+				req.Header.Set("Authorization", "Bearer "+p.token)
+				resp, err := client.Do(req)
 				ok := err == nil && resp.StatusCode == http.StatusOK
 				if err == nil {
 					_, _ = io.Copy(io.Discard, resp.Body)

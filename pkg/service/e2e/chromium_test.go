@@ -71,7 +71,9 @@ func TestStatusPageInChromium(t *testing.T) {
 		"memory": map[string]any{"limit": "128MiB", "sample_interval": "100ms"},
 	})
 	err := chromedp.Do(ctx,
-		chromedp.Navigate(p.base+"/"),
+		// The page takes the token from the address's fragment, which
+		// the browser never sends.
+		chromedp.Navigate(p.base+"/#token="+p.token),
 		chromedp.WaitVisible(chromedp.CSS(`#new`)),
 		chromedp.Click(chromedp.CSS(`#new summary`)),
 		chromedp.SetValue(chromedp.CSS(`#spec`), string(spec)),

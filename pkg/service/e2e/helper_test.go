@@ -67,6 +67,14 @@ func launch(t testing.TB, bin, stateDir, extraYAML string, env ...string) *proc 
 	t.Helper()
 	port := freePort(t)
 	cfg := fmt.Sprintf("listen: 127.0.0.1:%d\nstate_dir: %s\nshutdown_timeout: 20s\n%s", port, stateDir, extraYAML)
+	// The tests' jobs write under the temporary directory and use fault
+	// injection.
+	if !strings.Contains(extraYAML, "allowed_roots:") {
+		cfg += fmt.Sprintf("allowed_roots: [%s]\n", os.TempDir())
+	}
+	if !strings.Contains(extraYAML, "allow_inject:") {
+		cfg += "allow_inject: true\n"
+	}
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -99,6 +107,14 @@ func launch(t testing.TB, bin, stateDir, extraYAML string, env ...string) *proc 
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
+				if p.token == "" {
+					// With no token configured, the service made one.
+					data, err := os.ReadFile(filepath.Join(stateDir, "api-token"))
+					if err != nil {
+						t.Fatalf("read the generated token: %v", err)
+					}
+					p.token = strings.TrimSpace(string(data))
+				}
 				return p
 			}
 		}
@@ -139,6 +155,9 @@ func (p *proc) do(method, path string, body any) (int, []byte) {
 	req, _ := http.NewRequest(method, p.base+path, rd)
 	if p.token != "" {
 		req.Header.Set("Authorization", "Bearer "+p.token)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

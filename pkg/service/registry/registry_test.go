@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/memvisor/memvisor/pkg/service/registry"
 )
 
@@ -28,17 +30,17 @@ func TestSurvivesReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := registry.Record{ID: "a", Pair: "p", Status: registry.StatusRunning, Spec: []byte(`{"id":"a"}`)}
-	if err := db.Create(&rec); err != nil {
+	if err := db.Create(t.Context(), &rec, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Update("a", func(r *registry.Record) error { r.Counts.Processed = 42; return nil }); err != nil {
+	if _, err := db.Update(t.Context(), "a", func(r *registry.Record) error { r.Counts.Processed = 42; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
 	db = open(t, path)
-	got, err := db.Get("a")
+	got, err := db.Get(t.Context(), "a")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +61,7 @@ func TestSecondOpenIsLocked(t *testing.T) {
 func TestCreateConflicts(t *testing.T) {
 	db := open(t, filepath.Join(t.TempDir(), "r.db"))
 	mk := func(id, pair string, st registry.Status) error {
-		return db.Create(&registry.Record{ID: id, Pair: pair, Status: st})
+		return db.Create(t.Context(), &registry.Record{ID: id, Pair: pair, Status: st}, 0)
 	}
 	if err := mk("a", "src>dst", registry.StatusQueued); err != nil {
 		t.Fatal(err)
@@ -72,7 +74,7 @@ func TestCreateConflicts(t *testing.T) {
 	if !errors.As(err, &ce) || ce.ID != "a" || !errors.Is(err, registry.ErrActivePair) {
 		t.Errorf("same pair while active: got %v, want a ConflictError naming a", err)
 	}
-	if _, err := db.Update("a", func(r *registry.Record) error { r.Status = registry.StatusCompleted; return nil }); err != nil {
+	if _, err := db.Update(t.Context(), "a", func(r *registry.Record) error { r.Status = registry.StatusCompleted; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if err := mk("b", "src>dst", registry.StatusQueued); err != nil {
@@ -89,7 +91,7 @@ func TestCreateRaceHasOneWinner(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if db.Create(&registry.Record{ID: fmt.Sprint("j", i), Pair: "same", Status: registry.StatusQueued}) == nil {
+			if db.Create(t.Context(), &registry.Record{ID: fmt.Sprint("j", i), Pair: "same", Status: registry.StatusQueued}, 0) == nil {
 				mu.Lock()
 				wins++
 				mu.Unlock()
@@ -109,17 +111,17 @@ func TestListPagesAndFilters(t *testing.T) {
 		if i%2 == 0 {
 			st = registry.StatusQueued
 		}
-		if err := db.Create(&registry.Record{ID: fmt.Sprintf("j%d", i), Status: st}); err != nil {
+		if err := db.Create(t.Context(), &registry.Record{ID: fmt.Sprintf("j%d", i), Status: st}, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := db.Delete("j3"); err != nil {
+	if err := db.Delete(t.Context(), "j3"); err != nil {
 		t.Fatal(err)
 	}
 	var ids []string
 	opt := registry.ListOptions{Limit: 2}
 	for range 10 {
-		p, err := db.List(opt)
+		p, err := db.List(t.Context(), opt)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -134,24 +136,95 @@ func TestListPagesAndFilters(t *testing.T) {
 	if got, want := fmt.Sprint(ids), "[j0 j1 j2 j4 j5 j6]"; got != want {
 		t.Errorf("pages: got %s, want %s", got, want)
 	}
-	queued, err := db.All(registry.StatusQueued)
+	queued, err := db.List(t.Context(), registry.ListOptions{Statuses: []registry.Status{registry.StatusQueued}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(queued) != 4 || queued[0].ID != "j0" || queued[3].ID != "j6" {
-		t.Errorf("queued: got %+v", queued)
+	if len(queued.Jobs) != 4 || queued.Jobs[0].ID != "j0" || queued.Jobs[3].ID != "j6" {
+		t.Errorf("queued: got %+v", queued.Jobs)
 	}
-	if _, err := db.List(registry.ListOptions{Cursor: "x"}); !errors.Is(err, registry.ErrBadCursor) {
+	if _, err := db.List(t.Context(), registry.ListOptions{Cursor: "x"}); !errors.Is(err, registry.ErrBadCursor) {
 		t.Errorf("bad cursor: got %v", err)
 	}
-	if err := db.Delete("j3"); !errors.Is(err, registry.ErrNotFound) {
+	if err := db.Delete(t.Context(), "j3"); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("delete twice: got %v", err)
 	}
-	n, err := db.Count()
+	n, err := db.Count(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n[registry.StatusQueued] != 4 || n[registry.StatusCompleted] != 2 {
 		t.Errorf("count: got %v", n)
+	}
+}
+
+func TestQueueBound(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "r.db"))
+	for i := range 3 {
+		if err := db.Create(t.Context(), &registry.Record{ID: fmt.Sprint("q", i), Status: registry.StatusQueued}, 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Create(t.Context(), &registry.Record{ID: "q3", Status: registry.StatusQueued}, 3); !errors.Is(err, registry.ErrQueueFull) {
+		t.Fatalf("fourth queued job with a bound of 3: got %v, want ErrQueueFull", err)
+	}
+	if _, err := db.Update(t.Context(), "q0", func(r *registry.Record) error { r.Status = registry.StatusRunning; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Create(t.Context(), &registry.Record{ID: "q3", Status: registry.StatusQueued}, 3); err != nil {
+		t.Errorf("after one left the queue: %v", err)
+	}
+}
+
+func TestUpdateRefusesASecondActiveJobOnAPair(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "r.db"))
+	if err := db.Create(t.Context(), &registry.Record{ID: "old", Pair: "p", Status: registry.StatusFailed}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Create(t.Context(), &registry.Record{ID: "new", Pair: "p", Status: registry.StatusQueued}, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := db.Update(t.Context(), "old", func(r *registry.Record) error { r.Status = registry.StatusQueued; return nil })
+	var ce *registry.ConflictError
+	if !errors.As(err, &ce) || ce.ID != "new" {
+		t.Fatalf("reactivating old while new holds the pair: got %v, want a ConflictError naming new", err)
+	}
+	if got, _ := db.Get(t.Context(), "old"); got.Status != registry.StatusFailed {
+		t.Errorf("refused update was written: status %s", got.Status)
+	}
+	if err := db.Delete(t.Context(), "new"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Update(t.Context(), "old", func(r *registry.Record) error { r.Status = registry.StatusQueued; return nil }); err != nil {
+		t.Errorf("reactivating after the holder was deleted: %v", err)
+	}
+}
+
+// TestCreateDoesNotReadOtherRecords proves that a create does not decode
+// the stored jobs: a corrupt record elsewhere in the file does not stop it.
+func TestCreateDoesNotReadOtherRecords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.db")
+	db, err := registry.Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Create(t.Context(), &registry.Record{ID: "a", Pair: "p", Status: registry.StatusQueued}, 0); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	raw, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("jobs")).Put([]byte("zz"), []byte("not json")) }); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	db = open(t, path)
+	if err := db.Create(t.Context(), &registry.Record{ID: "b", Pair: "q", Status: registry.StatusQueued}, 0); err != nil {
+		t.Errorf("create beside a corrupt record: %v", err)
+	}
+	if err := db.Create(t.Context(), &registry.Record{ID: "c", Pair: "p", Status: registry.StatusQueued}, 0); !errors.Is(err, registry.ErrActivePair) {
+		t.Errorf("same pair as a: got %v, want ErrActivePair", err)
 	}
 }

@@ -1,0 +1,67 @@
+package job_test
+
+import (
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/memvisor/memvisor/pkg/job"
+)
+
+func fieldsOf(t *testing.T, err error) []string {
+	t.Helper()
+	var v job.Errors
+	if !errors.As(err, &v) {
+		t.Fatalf("got %v, want job.Errors", err)
+	}
+	var out []string
+	for _, f := range v {
+		out = append(out, f.Field)
+	}
+	return out
+}
+
+func TestParseAPIIsStrict(t *testing.T) {
+	const ok = `"source":{"type":"synthetic","count":3},"target":{"type":"jsonl","path":"/data/t.jsonl"}`
+	for _, c := range []struct{ name, body, field string }{
+		{"capitalised key", `{"id":"a","Source":{"type":"synthetic","count":3},"target":{"type":"jsonl","path":"/t"}}`, "Source"},
+		{"long s folds to s in encoding/json", `{"id":"a",` + ok + `,"\u017ftate_dir":"/x"}`, "ſtate_dir"},
+		{"nested capital", `{"id":"a","source":{"type":"synthetic","Count":3},"target":{"type":"jsonl","path":"/t"}}`, "source.Count"},
+		{"promoted podio key in the wrong case", `{"id":"a",` + ok[:len(ok)-1] + `,"App_ID":3}}`, "target.App_ID"},
+		{"twice", `{"id":"a",` + ok + `,"mode":"create","mode":"upsert"}`, "mode"},
+		{"wrong type", `{"id":"a","source":{"type":"synthetic","count":"3"},"target":{"type":"jsonl","path":"/t"}}`, "source.count"},
+		{"bad size", `{"id":"a",` + ok + `,"memory":{"limit":"lots"}}`, "memory.limit"},
+		{"bad duration", `{"id":"a",` + ok + `,"inject":{"slow_batch":"soon"}}`, "inject.slow_batch"},
+		{"unknown", `{"id":"a",` + ok + `,"bogus":1}`, "bogus"},
+		{"env", `{"id":"a","source":{"type":"synthetic","count":3},"target":{"type":"jsonl","path":"$HOME/t"}}`, "target.path"},
+		{"not an object", `[1]`, ""},
+		{"trailing", `{"id":"a",` + ok + `} {}`, ""},
+		{"validation", `{"id":"a",` + ok + `,"batch_size":0}`, "batch_size"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := job.ParseAPI([]byte(c.body), job.Default(), "/state")
+			if got := fieldsOf(t, err); !slices.Contains(got, c.field) {
+				t.Errorf("fields %q, want %q among them (%v)", got, c.field, err)
+			}
+		})
+	}
+}
+
+func TestParseAPIKeepsBaseAndOwnsStateDir(t *testing.T) {
+	t.Setenv("MEMVISOR_TEST_X", "expanded")
+	base := job.Default()
+	base.ID = "made-up"
+	base.Memory.WarningPercent = 60
+	s, err := job.ParseAPI([]byte(`{"state_dir":"/elsewhere","source":{"type":"synthetic","count":3},
+		"target":{"type":"podio","app_id":7,"auth":{"flow":"app","client_id":"c","client_secret_env":"S","app_token_env":"T"}},
+		"memory":{"critical_percent":80}}`), base, "/state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ID != "made-up" || s.StateDir != "/state" || s.Memory.WarningPercent != 60 || s.Memory.CriticalPercent != 80 {
+		t.Errorf("got id %q, state dir %q, memory %+v", s.ID, s.StateDir, s.Memory)
+	}
+	if s.Target.Podio == nil || s.Target.AppID != 7 {
+		t.Errorf("promoted podio keys were lost: %+v", s.Target)
+	}
+}
