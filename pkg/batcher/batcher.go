@@ -231,11 +231,13 @@ func (b *Batcher) Run(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	b.mu.Lock() // Progress may be read already
 	b.cp = cp
 	b.prog.Counters = cp.Counters
 	b.prog.Counters.ByCategory = cloneCounts(cp.Counters.ByCategory)
 	b.prog.Batches = cp.Seq
 	b.prog.Offset = cp.Source.Index
+	b.mu.Unlock()
 	b.setTotal(ctx)
 
 	if cp.Done && !b.o.RetryFailed {
@@ -353,17 +355,23 @@ func (b *Batcher) buildCache(ctx context.Context, cp checkpoint.Checkpoint) erro
 		if err != nil {
 			b.log.Warn().Err(err).Str("snapshot", s.File).Msg("cache snapshot unusable; prefetching the target instead")
 		} else {
+			b.mu.Lock() // CacheStats may be read already
 			b.cache, b.emptyExt, since, restored = c, ext, s.Target, true
+			b.mu.Unlock()
 		}
 	}
 	if !restored {
+		b.mu.Lock()
 		b.cache = slimcache.New(b.cacheOptions(int(cp.Counters.Created)))
 		b.emptyExt = slimcache.New(b.cacheOptions(0))
+		b.mu.Unlock()
 	}
 	var seen int64
 	err := b.scanKeys(ctx, since, func(id int64, ext string, val json.RawMessage) {
 		seen++
+		b.mu.Lock()
 		b.addTargetItem(id, ext, val)
+		b.mu.Unlock()
 	})
 	if err != nil {
 		return fmt.Errorf("prefetch target: %w", err)

@@ -557,10 +557,10 @@ func TestDrainMidBatchStopsAtItemsAndResumesExactlyOnce(t *testing.T) {
 			f.spec.BatchSize = 100
 			f.spec.Concurrency = 5
 			f.spec.Mode = mode
-			// Three drains, at the 7th, 30th and 61st write of a run: the
+			// Three drains, at the 7th, 30th and 50th write of a run: the
 			// second and third land in a batch that a drain already split.
 			var linesBefore int
-			for attempt, at := range []int64{7, 30, 61} {
+			for attempt, at := range []int64{7, 30, 50} {
 				var b *batcher.Batcher
 				b, done := f.open(func(o *batcher.Options) {
 					o.Target = &drainingTarget{Target: o.Target, n: at, drain: func() { b.Drain() }}
