@@ -239,6 +239,8 @@ var unitFields = []struct {
 	{[]string{"memory", "restart_budget", "window"}, new(Duration)},
 	{[]string{"inject", "slow_drain"}, new(Duration)},
 	{[]string{"inject", "slow_batch"}, new(Duration)},
+	{[]string{"inject", "leak_bytes_per_second"}, new(ByteSize)},
+	{[]string{"inject", "slow_write"}, new(Duration)},
 }
 
 // locateUnitError returns the name of the first size or duration field in
