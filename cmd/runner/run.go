@@ -29,8 +29,18 @@ same command again resumes.
 Logs are JSON lines on stderr (readable text on a terminal). Progress is a
 bar on a terminal, and a log line every --progress-interval otherwise.
 
+With memory.limit set, the runner guards its own memory as it does under
+the supervisor: it collects garbage at its GC line (guard_gc_percent,
+default critical_percent of the limit) and drains at its drain line
+(guard_drain_percent, default midway between critical_percent and
+kill_percent). A drain stops new writes at once, commits the items already
+written and exits 75 (EX_TEMPFAIL) with a message on stderr: the job is
+intact, and running the same command again resumes it in a fresh process.
+Without memory.limit there is no guard.
+
 Exit status: 0 when the job completed or was stopped cleanly, 1 when it
-failed (the reason is printed), 2 for bad usage or a bad job file.
+failed (the reason is printed), 2 for bad usage or a bad job file, 75 when
+the memory guard drained it (run the same command again to resume).
 
 Flags:
 `
@@ -80,7 +90,9 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	h := runner.New(log)
 	defer h.Close()
-	if err := h.StartSpec(ctx, spec, plugin.StartRequest{Resume: true, RetryFailed: *retry}); err != nil {
+	budget := uint64(spec.Memory.Limit)
+	guard := runner.GuardFor(budget, spec.Memory)
+	if err := h.StartSpec(ctx, spec, plugin.StartRequest{Resume: true, RetryFailed: *retry, Guard: guard}); err != nil {
 		return err
 	}
 	prog := newProgress(stderr, tty, *interval, log)
@@ -96,6 +108,13 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			res, err := h.Wait(context.Background())
 			if err != nil {
 				return err
+			}
+			if res.Status == batcher.StatusDrained && h.DrainReason() == plugin.DrainGuard {
+				fmt.Fprintf(stderr, "runner: job %s: memory reached the guard's drain line (%s of the %s memory.limit); "+
+					"it stopped and committed %d items. Run the same command again to resume it in a fresh process, "+
+					"or run it under the supervisor, which restarts it by itself.\n",
+					spec.ID, job.ByteSize(guard.DrainBytes), job.ByteSize(budget), p.Processed)
+				return exitError(ExitGuardDrained)
 			}
 			if res.AlreadyDone {
 				fmt.Fprintf(stdout, "job %s had already completed; nothing changed\n", spec.ID)
@@ -119,6 +138,11 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 	}
 }
+
+// ExitGuardDrained is the exit status of a run that the memory guard
+// drained: EX_TEMPFAIL from sysexits.h, "try again later". The job's
+// progress is committed, so running the same command again resumes it.
+const ExitGuardDrained = 75
 
 // reorder lets flags follow the job file, as in "run job.yaml --retry-failed".
 func reorder(args []string) []string {

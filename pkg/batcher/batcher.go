@@ -14,6 +14,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -74,6 +75,10 @@ type Options struct {
 	BeforeGC func()
 	// AfterCommit is called after every committed batch.
 	AfterCommit func(checkpoint.Checkpoint)
+	// AfterWrite is called after every target write completes, from the
+	// writing goroutine. The runner's memory guard counts writes with it,
+	// so it must be cheap and must not block.
+	AfterWrite func()
 	// Limit is the memory budget for the GC hygiene rules; 0 turns the
 	// percentage rules off.
 	Limit int64
@@ -97,6 +102,8 @@ type Batcher struct {
 
 	stopMu sync.Mutex
 	stop   Status // "" while running; drained or cancelled once asked
+	// stopping is set with stop; writers read it before every write.
+	stopping atomic.Bool
 
 	mu       sync.Mutex // guards the fields below and the caches
 	prog     Progress
@@ -136,11 +143,13 @@ func New(o Options) (*Batcher, error) {
 	return b, nil
 }
 
-// Drain asks Run to stop after the batch in flight, commit, and write a
-// cache snapshot, so a new runner resumes quickly.
+// Drain asks Run to stop issuing writes at once, wait for the writes in
+// flight, commit a checkpoint that records which items of the batch are
+// done, and write a cache snapshot, so a new runner resumes quickly. It
+// never waits for the rest of the batch.
 func (b *Batcher) Drain() { b.setStop(StatusDrained) }
 
-// Cancel asks Run to stop for good after the batch in flight.
+// Cancel asks Run to stop for good, as a drain does.
 func (b *Batcher) Cancel() { b.setStop(StatusCancelled) }
 
 func (b *Batcher) setStop(s Status) {
@@ -149,6 +158,7 @@ func (b *Batcher) setStop(s Status) {
 	if b.stop == "" || s == StatusCancelled {
 		b.stop = s
 	}
+	b.stopping.Store(true)
 }
 
 func (b *Batcher) stopRequested() Status {
@@ -221,11 +231,13 @@ func (b *Batcher) Run(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	b.mu.Lock() // Progress may be read already
 	b.cp = cp
 	b.prog.Counters = cp.Counters
 	b.prog.Counters.ByCategory = cloneCounts(cp.Counters.ByCategory)
 	b.prog.Batches = cp.Seq
 	b.prog.Offset = cp.Source.Index
+	b.mu.Unlock()
 	b.setTotal(ctx)
 
 	if cp.Done && !b.o.RetryFailed {
@@ -343,17 +355,23 @@ func (b *Batcher) buildCache(ctx context.Context, cp checkpoint.Checkpoint) erro
 		if err != nil {
 			b.log.Warn().Err(err).Str("snapshot", s.File).Msg("cache snapshot unusable; prefetching the target instead")
 		} else {
+			b.mu.Lock() // CacheStats may be read already
 			b.cache, b.emptyExt, since, restored = c, ext, s.Target, true
+			b.mu.Unlock()
 		}
 	}
 	if !restored {
+		b.mu.Lock()
 		b.cache = slimcache.New(b.cacheOptions(int(cp.Counters.Created)))
 		b.emptyExt = slimcache.New(b.cacheOptions(0))
+		b.mu.Unlock()
 	}
 	var seen int64
 	err := b.scanKeys(ctx, since, func(id int64, ext string, val json.RawMessage) {
 		seen++
+		b.mu.Lock()
 		b.addTargetItem(id, ext, val)
+		b.mu.Unlock()
 	})
 	if err != nil {
 		return fmt.Errorf("prefetch target: %w", err)
@@ -460,14 +478,20 @@ func (b *Batcher) loadSnapshot(s *checkpoint.Snapshot) (*slimcache.Cache, *slimc
 // loop runs batches from the checkpoint's cursor. The next page is read
 // and prepared while the current batch commits; nothing of it is planned
 // or written before the commit is durable.
+//
+// A stop (drain or cancel) is seen before every write: the batch in
+// flight stops issuing writes, waits for the ones already issued, and is
+// committed as a partial batch, with the cursor at its start and a bitmap
+// of its done items. A resume reads the same batch again and does only
+// the others (docs/design.md, "Graceful restart protocol").
 func (b *Batcher) loop(ctx context.Context) (Result, error) {
 	b.setPhase("running")
 	cur := b.cp.Source
-	page := b.readAhead(ctx, cur)
+	page := b.readAhead(ctx, cur, b.cp.Partial)
 	for {
 		if s := b.stopRequested(); s != "" {
 			<-page
-			return b.stopWith(s)
+			return b.stopWith(s, b.cp.Partial)
 		}
 		r := <-page
 		if r.end {
@@ -476,11 +500,15 @@ func (b *Batcher) loop(ctx context.Context) (Result, error) {
 		if r.err != nil {
 			return Result{}, fmt.Errorf("read source at item %d: %w", cur.Index, r.err)
 		}
-		if err := b.processTasks(ctx, r.tasks); err != nil {
+		stopped, err := b.processTasks(ctx, r.tasks, r.part)
+		if err != nil {
 			return Result{}, err
 		}
-		page = b.readAhead(ctx, r.next)
-		if err := b.commit(ctx, r.next, false, nil); err != nil {
+		if stopped {
+			return b.stopWith(b.stopRequested(), r.part)
+		}
+		page = b.readAhead(ctx, r.next, nil)
+		if err := b.commit(ctx, r.next, false, nil, nil); err != nil {
 			<-page
 			return Result{}, err
 		}
@@ -490,18 +518,25 @@ func (b *Batcher) loop(ctx context.Context) (Result, error) {
 
 type pageResult struct {
 	tasks []task
-	next  connector.Cursor
-	end   bool
-	err   error
+	// part records which records of the page are done; it starts from
+	// the checkpoint's partial batch when the page is that batch.
+	part *checkpoint.Partial
+	next connector.Cursor
+	end  bool
+	err  error
 }
 
 // readAhead reads and prepares the page at cur in the background:
 // decoding, normalizing match values and mapping fields need nothing from
 // the batch still committing, so they overlap its fsyncs. Planning and
-// writing wait for the commit.
-func (b *Batcher) readAhead(ctx context.Context, cur connector.Cursor) <-chan pageResult {
+// writing wait for the commit. With resume, the page is that partial
+// batch again, read to the same length, and its done records are left out.
+func (b *Batcher) readAhead(ctx context.Context, cur connector.Cursor, resume *checkpoint.Partial) <-chan pageResult {
 	ch := make(chan pageResult, 1)
 	n := b.o.Spec.BatchSize
+	if resume != nil {
+		n = resume.Len
+	}
 	if limit := b.o.Spec.MaxItems; limit > 0 {
 		n = int(min(int64(n), limit-cur.Index))
 	}
@@ -517,14 +552,24 @@ func (b *Batcher) readAhead(ctx context.Context, cur connector.Cursor) <-chan pa
 		case err != nil && !errors.Is(err, io.EOF):
 			ch <- pageResult{err: err}
 		default:
-			ch <- pageResult{tasks: b.prepareAll(recs), next: next}
+			size := len(recs)
+			if resume != nil {
+				size = max(size, resume.Len)
+			}
+			part := checkpoint.NewPartial(size)
+			for i := range part.Len {
+				if resume.IsDone(i) {
+					part.Set(i)
+				}
+			}
+			ch <- pageResult{tasks: b.prepareAll(recs, part), part: part, next: next}
 		}
 	}()
 	return ch
 }
 
 func (b *Batcher) finish(cur connector.Cursor) (Result, error) {
-	if err := b.commit(context.Background(), cur, true, nil); err != nil {
+	if err := b.commit(context.Background(), cur, true, nil, nil); err != nil {
 		return Result{}, err
 	}
 	b.setPhase("completed")
@@ -535,8 +580,9 @@ func (b *Batcher) finish(cur connector.Cursor) (Result, error) {
 	return Result{Status: StatusCompleted, Checkpoint: b.cp}, nil
 }
 
-// stopWith commits a snapshot (for a drain) and returns.
-func (b *Batcher) stopWith(s Status) (Result, error) {
+// stopWith commits a snapshot (for a drain) and the checkpoint, with the
+// partial batch at the cursor if part records any done item, and returns.
+func (b *Batcher) stopWith(s Status, part *checkpoint.Partial) (Result, error) {
 	var snap *checkpoint.Snapshot
 	if s == StatusDrained {
 		var err error
@@ -546,11 +592,18 @@ func (b *Batcher) stopWith(s Status) (Result, error) {
 			b.log.Warn().Err(err).Msg("write cache snapshot")
 		}
 	}
-	if err := b.commit(context.Background(), b.cp.Source, false, snap); err != nil {
+	if part != nil && part.Count() == 0 {
+		part = nil
+	}
+	if err := b.commit(context.Background(), b.cp.Source, false, snap, part); err != nil {
 		return Result{}, err
 	}
 	b.setPhase(string(s))
-	b.log.Info().Str("status", string(s)).Int64("seq", b.cp.Seq).Int64("offset", b.cp.Source.Index).Msg("job stopped after committing")
+	ev := b.log.Info().Str("status", string(s)).Int64("seq", b.cp.Seq).Int64("offset", b.cp.Source.Index)
+	if part != nil {
+		ev.Int("batchDone", part.Count()).Int("batchLen", part.Len)
+	}
+	ev.Msg("job stopped after committing")
 	return Result{Status: s, Checkpoint: b.cp}, nil
 }
 
@@ -576,7 +629,7 @@ func (b *Batcher) writeSnapshot() (*checkpoint.Snapshot, error) {
 // flush and sync separately, the checkpoint's temporary file is written
 // and fsynced while the target's fsync runs; it is renamed into place only
 // after both are done, so the order the invariant needs is kept.
-func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, snap *checkpoint.Snapshot) error {
+func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, snap *checkpoint.Snapshot, part *checkpoint.Partial) error {
 	fsize, err := b.fails.Sync()
 	if err != nil {
 		return err
@@ -587,7 +640,7 @@ func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, 
 		if err != nil {
 			return fmt.Errorf("write target before checkpoint: %w", err)
 		}
-		cp := b.nextCheckpoint(next, mark, fsize, done, snap)
+		cp := b.nextCheckpoint(next, mark, fsize, done, snap, part)
 		var serr error
 		var wg sync.WaitGroup
 		wg.Add(1)
@@ -619,23 +672,24 @@ func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, 
 	if err != nil {
 		return fmt.Errorf("sync target before checkpoint: %w", err)
 	}
-	cp := b.nextCheckpoint(next, mark, fsize, done, snap)
+	cp := b.nextCheckpoint(next, mark, fsize, done, snap, part)
 	if err := checkpoint.Save(b.o.Dir, cp); err != nil {
 		return err
 	}
 	return b.committed(cp)
 }
 
-func (b *Batcher) nextCheckpoint(next connector.Cursor, mark connector.Mark, fsize int64, done bool, snap *checkpoint.Snapshot) checkpoint.Checkpoint {
+func (b *Batcher) nextCheckpoint(next connector.Cursor, mark connector.Mark, fsize int64, done bool, snap *checkpoint.Snapshot, part *checkpoint.Partial) checkpoint.Checkpoint {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	cp := b.cp
-	if next != cp.Source || done {
+	if next != cp.Source || done || cp.Counters.Processed != b.prog.Processed {
 		// A commit that moves nothing (a drain right after a batch) keeps
 		// its number: Seq growing means progress.
 		cp.Seq++
 	}
 	cp.Source = next
+	cp.Partial = part.Clone()
 	cp.Target = mark
 	cp.FailedBytes = fsize
 	cp.Counters = b.prog.Counters

@@ -517,3 +517,155 @@ func TestDrainSnapshotsAndResumes(t *testing.T) {
 		t.Errorf("counters %+v, want created 30, skipped 20", c)
 	}
 }
+
+// drainingTarget hides the jsonl target's sequential writes, so the batch
+// is written concurrently, as against an API, and asks for a drain as its
+// nth create starts.
+type drainingTarget struct {
+	connector.Target
+	n     int64
+	calls atomic.Int64
+	drain func()
+}
+
+func (d *drainingTarget) Create(ctx context.Context, ext string, f connector.Fields) (int64, error) {
+	if d.calls.Add(1) == d.n {
+		d.drain()
+	}
+	return d.Target.Create(ctx, ext, f)
+}
+
+func (d *drainingTarget) Update(ctx context.Context, id int64, f connector.Fields) error {
+	if d.calls.Add(1) == d.n {
+		d.drain()
+	}
+	return d.Target.Update(ctx, id, f)
+}
+
+func TestDrainMidBatchStopsAtItemsAndResumesExactlyOnce(t *testing.T) {
+	for _, mode := range []job.Mode{job.ModeCreate, job.ModeUpsert} {
+		t.Run(string(mode), func(t *testing.T) {
+			var src strings.Builder
+			for i := 1; i <= 250; i++ {
+				email := fmt.Sprintf("u%d@x.io", i%90) // duplicates inside a batch
+				if i%11 == 0 {
+					email = ""
+				}
+				src.WriteString(line(i, email, ""))
+			}
+			f := newFixture(t, src.String())
+			f.spec.BatchSize = 100
+			f.spec.Concurrency = 5
+			f.spec.Mode = mode
+			// Three drains, at the 7th, 30th and 50th write of a run: the
+			// second and third land in a batch that a drain already split.
+			var linesBefore int
+			for attempt, at := range []int64{7, 30, 50} {
+				var b *batcher.Batcher
+				b, done := f.open(func(o *batcher.Options) {
+					o.Target = &drainingTarget{Target: o.Target, n: at, drain: func() { b.Drain() }}
+				})
+				res, err := b.Run(t.Context())
+				done()
+				if err != nil {
+					t.Fatal(err)
+				}
+				p := res.Checkpoint.Partial
+				if res.Status != batcher.StatusDrained || p == nil {
+					t.Fatalf("attempt %d: %+v, want drained with a partial batch", attempt, res)
+				}
+				written := len(f.target()) - linesBefore
+				linesBefore += written
+				// The drain waits for the writes in flight (at most
+				// concurrency), never for the rest of the batch.
+				if max := int(at) + f.spec.Concurrency; written > max {
+					t.Errorf("attempt %d: %d items written, want at most %d", attempt, written, max)
+				}
+				if p.Count() >= p.Len {
+					t.Errorf("attempt %d: partial batch has %d of %d done, want it unfinished", attempt, p.Count(), p.Len)
+				}
+				cp, err := checkpoint.Load(f.spec.Dir())
+				if err != nil || cp.Partial == nil || cp.Partial.Count() != p.Count() {
+					t.Fatalf("attempt %d: durable checkpoint %+v %v, want the partial batch", attempt, cp.Partial, err)
+				}
+			}
+			res, err := f.run(t.Context(), nil)
+			if err != nil || res.Status != batcher.StatusCompleted {
+				t.Fatalf("final run: %+v %v", res, err)
+			}
+			if res.Checkpoint.Partial != nil {
+				t.Errorf("completed checkpoint keeps a partial batch: %+v", res.Checkpoint.Partial)
+			}
+			checkExactlyOnce(t, f, res, 250, 90, 22)
+		})
+	}
+}
+
+// checkExactlyOnce checks that the target holds each key and each
+// external id once, and that the counters add up.
+func checkExactlyOnce(t *testing.T, f *fixture, res batcher.Result, items, keys, noKey int) {
+	t.Helper()
+	byExt := map[string]int{}
+	byKey := map[string]int{}
+	for _, l := range f.target() {
+		byExt[l.ExternalID]++
+		var e string
+		json.Unmarshal(l.Fields["email"], &e)
+		if e != "" {
+			byKey[e]++
+		}
+	}
+	for k, n := range byKey {
+		if n != 1 {
+			t.Errorf("key %s created %d times", k, n)
+		}
+	}
+	for e, n := range byExt {
+		if n != 1 {
+			t.Errorf("external id %s created %d times", e, n)
+		}
+	}
+	if len(byKey) != keys || len(byExt) != keys+noKey {
+		t.Errorf("target has %d keys and %d items, want %d and %d", len(byKey), len(byExt), keys, keys+noKey)
+	}
+	c := res.Checkpoint.Counters
+	if c.Processed != int64(items) || c.Created != int64(keys+noKey) || c.Created+c.Updated+c.Skipped != int64(items) {
+		t.Errorf("counters %+v, want processed %d, created %d", c, items, keys+noKey)
+	}
+}
+
+func TestKillAfterPartialDrainIsExactlyOnce(t *testing.T) {
+	var src strings.Builder
+	for i := 1; i <= 120; i++ {
+		src.WriteString(line(i, fmt.Sprintf("u%d@x.io", i%50), ""))
+	}
+	f := newFixture(t, src.String())
+	f.spec.BatchSize = 60
+	f.spec.Concurrency = 4
+	var b *batcher.Batcher
+	b, done := f.open(func(o *batcher.Options) {
+		o.Target = &drainingTarget{Target: o.Target, n: 9, drain: func() { b.Drain() }}
+	})
+	res, err := b.Run(t.Context())
+	done()
+	if err != nil || res.Checkpoint.Partial == nil {
+		t.Fatalf("drain: %+v %v, want a partial batch", res, err)
+	}
+	// The next runner dies after 5 more creates, before any commit: the
+	// one after it must find them by external id and not repeat them.
+	ctx, cancel := context.WithCancel(t.Context())
+	_, err = f.run(ctx, func(o *batcher.Options) {
+		k := &killingTarget{Target: o.Target, cancel: cancel}
+		k.left.Store(5)
+		o.Target = k
+	})
+	cancel()
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("killed run: %v, want it aborted", err)
+	}
+	res, err = f.run(t.Context(), nil)
+	if err != nil || res.Status != batcher.StatusCompleted {
+		t.Fatalf("final run: %+v %v", res, err)
+	}
+	checkExactlyOnce(t, f, res, 120, 50, 0)
+}

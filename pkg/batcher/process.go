@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/memvisor/memvisor/pkg/checkpoint"
 	"github.com/memvisor/memvisor/pkg/connector"
 	"github.com/memvisor/memvisor/pkg/faillog"
 	"github.com/memvisor/memvisor/pkg/job"
@@ -29,6 +30,7 @@ const (
 )
 
 type task struct {
+	i        int // the record's place in its page
 	rec      connector.Record
 	key      string // normalized match value, "" if none
 	extID    string
@@ -37,30 +39,40 @@ type task struct {
 	op       op
 	targetID int64
 	fail     *faillog.Entry
+	// held is set on a create or update that a stop kept from being
+	// issued: the item is not done, and a resume does it.
+	held bool
 }
 
 // processBatch plans and writes one batch. It returns an error only for
 // what stops the job (ctx cancelled, failures log unwritable); a failed
 // item is recorded and counted.
 func (b *Batcher) processBatch(ctx context.Context, recs []connector.Record) error {
-	return b.processTasks(ctx, b.prepareAll(recs))
+	_, err := b.processTasks(ctx, b.prepareAll(recs, nil), nil)
+	return err
 }
 
-// prepareAll prepares a batch's records. It reads nothing the batch before
-// it writes, so the loop runs it while that batch commits.
-func (b *Batcher) prepareAll(recs []connector.Record) []task {
-	tasks := make([]task, len(recs))
+// prepareAll prepares a batch's records, leaving out those that skip
+// marks done. It reads nothing the batch before it writes, so the loop
+// runs it while that batch commits.
+func (b *Batcher) prepareAll(recs []connector.Record, skip *checkpoint.Partial) []task {
+	tasks := make([]task, 0, len(recs))
 	enc, _ := b.o.Target.(connector.FieldEncoder)
 	if b.dry != nil {
 		enc = nil
 	}
 	var buf []byte // one allocation for the batch's encodings
 	for i := range recs {
+		if skip.IsDone(i) {
+			continue
+		}
 		if b.o.BeforeItem != nil {
 			b.o.BeforeItem(recs[i].Pos.Index)
 		}
-		tasks[i] = b.prepare(recs[i])
-		if t := &tasks[i]; enc != nil && t.op == opNone {
+		tasks = append(tasks, b.prepare(recs[i]))
+		t := &tasks[len(tasks)-1]
+		t.i = i
+		if enc != nil && t.op == opNone {
 			if buf == nil {
 				buf = make([]byte, 0, len(recs)*256)
 			}
@@ -72,13 +84,21 @@ func (b *Batcher) prepareAll(recs []connector.Record) []task {
 	return tasks
 }
 
-// processTasks plans and writes prepared tasks.
-func (b *Batcher) processTasks(ctx context.Context, tasks []task) error {
+// processTasks plans and writes prepared tasks. With part, a stop ends
+// the batch early: no write is issued after it, the writes in flight
+// complete, and part marks every task that is done. It then reports
+// stopped.
+func (b *Batcher) processTasks(ctx context.Context, tasks []task, part *checkpoint.Partial) (stopped bool, err error) {
+	stoppable := part != nil
 	pending := tasks
 	for len(pending) > 0 {
+		if stoppable && b.stopping.Load() {
+			return true, nil
+		}
 		b.plan(ctx, pending)
-		if err := b.execute(ctx, pending); err != nil {
-			return err
+		held, err := b.execute(ctx, pending, stoppable)
+		if err != nil {
+			return false, err
 		}
 		// Items that waited on a create in the same batch are planned
 		// again now that the create's id (or its failure) is known.
@@ -89,15 +109,18 @@ func (b *Batcher) processTasks(ctx context.Context, tasks []task) error {
 				again = append(again, t)
 			}
 		}
-		if len(again) == len(pending) {
-			return errors.New("internal error: batch planning made no progress")
+		if len(again) == len(pending) && !held {
+			return false, errors.New("internal error: batch planning made no progress")
 		}
-		if err := b.account(pending); err != nil {
-			return err
+		if err := b.account(pending, part); err != nil {
+			return false, err
+		}
+		if held {
+			return true, nil
 		}
 		pending = again
 	}
-	return nil
+	return false, nil
 }
 
 // prepare decodes what planning needs: the match key, the external id,
@@ -228,22 +251,38 @@ func (b *Batcher) lookupLocked(ctx context.Context, key string) (int64, bool) {
 }
 
 // execute performs the planned writes with bounded concurrency and waits
-// for all of them.
-func (b *Batcher) execute(ctx context.Context, tasks []task) error {
+// for all of them. When stoppable and a stop is asked for, it issues no
+// further write, marks the writes it did not issue held, waits for the
+// ones in flight, and reports held.
+func (b *Batcher) execute(ctx context.Context, tasks []task, stoppable bool) (held bool, err error) {
 	if b.dry != nil {
 		b.executeDry(ctx, tasks)
-		return nil
+		return false, nil
+	}
+	stop := func(i int) bool {
+		if !stoppable || !b.stopping.Load() {
+			return false
+		}
+		for j := i; j < len(tasks); j++ {
+			if t := &tasks[j]; t.op == opCreate || t.op == opUpdate {
+				t.held, held = true, true
+			}
+		}
+		return held
 	}
 	if sq, ok := b.o.Target.(connector.Sequential); ok && sq.SequentialWrites() {
 		for i := range tasks {
 			if err := ctx.Err(); err != nil {
-				return err
+				return false, err
 			}
 			if t := &tasks[i]; t.op == opCreate || t.op == opUpdate {
+				if stop(i) {
+					break
+				}
 				b.write(ctx, t)
 			}
 		}
-		return ctx.Err()
+		return held, ctx.Err()
 	}
 	sem := make(chan struct{}, b.o.Spec.Concurrency)
 	var wg sync.WaitGroup
@@ -254,9 +293,17 @@ func (b *Batcher) execute(ctx context.Context, tasks []task) error {
 		}
 		if err := ctx.Err(); err != nil {
 			wg.Wait()
-			return err
+			return false, err
+		}
+		if stop(i) {
+			break
 		}
 		sem <- struct{}{}
+		// Waiting for a slot can take a whole write: look again.
+		if stop(i) {
+			<-sem
+			break
+		}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
@@ -266,10 +313,13 @@ func (b *Batcher) execute(ctx context.Context, tasks []task) error {
 	wg.Wait()
 	// A write that failed because the job is being aborted is not an
 	// item failure: the batch will be redone.
-	return ctx.Err()
+	return held, ctx.Err()
 }
 
 func (b *Batcher) write(ctx context.Context, t *task) {
+	if b.o.AfterWrite != nil {
+		defer b.o.AfterWrite()
+	}
 	enc, _ := b.o.Target.(connector.FieldEncoder)
 	if t.encoded == nil {
 		enc = nil
@@ -322,12 +372,16 @@ func (b *Batcher) writeFailed(ctx context.Context, t *task, err error) {
 	t.fail = b.failure(t.rec, cat, retry, err, detail)
 }
 
-// account records the outcome of every task that is not waiting.
-func (b *Batcher) account(tasks []task) error {
+// account records the outcome of every task that is not waiting or held,
+// and marks it done in part.
+func (b *Batcher) account(tasks []task, part *checkpoint.Partial) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for i := range tasks {
 		t := &tasks[i]
+		if t.held {
+			continue
+		}
 		switch t.op {
 		case opWait:
 			continue
@@ -350,6 +404,9 @@ func (b *Batcher) account(tasks []task) error {
 			}
 		}
 		b.prog.Processed++
+		if part != nil {
+			part.Set(t.i)
+		}
 	}
 	return nil
 }

@@ -20,8 +20,14 @@ import (
 const FileName = "checkpoint.json"
 
 const (
-	format  = "memvisor-checkpoint"
-	version = 1
+	format = "memvisor-checkpoint"
+	// version 2 adds Partial. A checkpoint without it is still written as
+	// version 1, so a build that reads only version 1 can read it; one
+	// with it is version 2, which such a build refuses rather than
+	// redoing the items the partial batch already wrote.
+	version        = 2
+	versionPartial = 2
+	versionPlain   = 1
 )
 
 // Errors.
@@ -80,9 +86,59 @@ type Checkpoint struct {
 	FailedBytes int64     `json:"failed_bytes"`
 	Counters    Counters  `json:"counters"`
 	Snapshot    *Snapshot `json:"snapshot,omitempty"`
+	// Partial, when set, says which items of the batch at Source were
+	// written before a drain stopped it; a resume does only the others.
+	Partial *Partial `json:"partial,omitempty"`
 	// Done is set by the last commit of a job that read its whole source.
 	Done bool      `json:"done"`
 	Time time.Time `json:"time"`
+}
+
+// Partial records a batch that a drain stopped part way (see
+// docs/design.md, "Graceful restart protocol"). The batch starts at the
+// checkpoint's Source cursor and holds Len records; bit i of Done (least
+// significant bit first) is set when record i of the batch is done:
+// written, skipped or logged as failed, and counted in Counters.
+type Partial struct {
+	Len  int    `json:"len"`
+	Done []byte `json:"done"`
+}
+
+// NewPartial returns a Partial for a batch of n records, none done.
+func NewPartial(n int) *Partial { return &Partial{Len: n, Done: make([]byte, (n+7)/8)} }
+
+// IsDone reports whether record i of the batch is done.
+func (p *Partial) IsDone(i int) bool {
+	if p == nil || i < 0 || i >= p.Len || i/8 >= len(p.Done) {
+		return false
+	}
+	return p.Done[i/8]&(1<<(i%8)) != 0
+}
+
+// Set marks record i of the batch done.
+func (p *Partial) Set(i int) {
+	if i >= 0 && i < p.Len {
+		p.Done[i/8] |= 1 << (i % 8)
+	}
+}
+
+// Count returns how many records of the batch are done.
+func (p *Partial) Count() int {
+	n := 0
+	for i := 0; i < p.Len; i++ {
+		if p.IsDone(i) {
+			n++
+		}
+	}
+	return n
+}
+
+// Clone returns a copy that shares nothing with p.
+func (p *Partial) Clone() *Partial {
+	if p == nil {
+		return nil
+	}
+	return &Partial{Len: p.Len, Done: append([]byte(nil), p.Done...)}
 }
 
 type envelope struct {
@@ -91,6 +147,10 @@ type envelope struct {
 	SHA256  string          `json:"sha256"`
 	Body    json.RawMessage `json:"body"`
 }
+
+// maxPartialLen bounds a partial batch: job.Spec allows batches of at
+// most 10,000 records.
+const maxPartialLen = 1 << 20
 
 // Path returns the checkpoint's path in dir.
 func Path(dir string) string { return filepath.Join(dir, FileName) }
@@ -118,7 +178,11 @@ func Prepare(dir string, cp Checkpoint) (*Pending, error) {
 		return nil, fmt.Errorf("encode checkpoint: %w", err)
 	}
 	sum := sha256.Sum256(body)
-	data, err := json.MarshalIndent(envelope{Format: format, Version: version, SHA256: hex.EncodeToString(sum[:]), Body: body}, "", "  ")
+	v := versionPlain
+	if cp.Partial != nil {
+		v = versionPartial
+	}
+	data, err := json.MarshalIndent(envelope{Format: format, Version: v, SHA256: hex.EncodeToString(sum[:]), Body: body}, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode checkpoint: %w", err)
 	}
@@ -170,8 +234,8 @@ func Decode(path string, data []byte) (Checkpoint, error) {
 	if env.Format != format {
 		return corrupt("not a memvisor checkpoint (format %q)", env.Format)
 	}
-	if env.Version != version {
-		return corrupt("unsupported version %d (this build reads version %d)", env.Version, version)
+	if env.Version < 1 || env.Version > version {
+		return corrupt("unsupported version %d (this build reads versions 1 to %d)", env.Version, version)
 	}
 	// The file is indented for people; the checksum covers the compact body.
 	var body bytes.Buffer
@@ -190,6 +254,14 @@ func Decode(path string, data []byte) (Checkpoint, error) {
 	}
 	if cp.Seq < 0 || cp.Source.Index < 0 || cp.Target < 0 || cp.FailedBytes < 0 {
 		return corrupt("negative position")
+	}
+	if p := cp.Partial; p != nil {
+		if env.Version < versionPartial {
+			return corrupt("a partial batch in a version %d checkpoint", env.Version)
+		}
+		if p.Len < 1 || p.Len > maxPartialLen || len(p.Done) != (p.Len+7)/8 {
+			return corrupt("bad partial batch: %d records with a %d-byte bitmap", p.Len, len(p.Done))
+		}
 	}
 	return cp, nil
 }

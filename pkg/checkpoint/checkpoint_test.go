@@ -1,9 +1,13 @@
 package checkpoint_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,4 +117,89 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("accepted a negative position: %+v", cp)
 		}
 	})
+}
+
+func TestPartialBatchRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	cp := sample()
+	cp.Partial = checkpoint.NewPartial(500)
+	for _, i := range []int{0, 1, 7, 8, 499} {
+		cp.Partial.Set(i)
+	}
+	if err := checkpoint.Save(dir, cp); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(checkpoint.Path(dir))
+	if !strings.Contains(string(raw), `"version": 2`) {
+		t.Errorf("a checkpoint with a partial batch is not version 2:\n%s", raw)
+	}
+	got, err := checkpoint.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Partial == nil || got.Partial.Len != 500 {
+		t.Fatalf("partial = %+v, want 500 records", got.Partial)
+	}
+	if n := got.Partial.Count(); n != 5 {
+		t.Errorf("done count = %d, want 5", n)
+	}
+	for i := 0; i < 500; i++ {
+		want := i == 0 || i == 1 || i == 7 || i == 8 || i == 499
+		if got.Partial.IsDone(i) != want {
+			t.Errorf("IsDone(%d) = %v, want %v", i, got.Partial.IsDone(i), want)
+		}
+	}
+}
+
+func TestVersion1CheckpointStillLoads(t *testing.T) {
+	dir := t.TempDir()
+	// Written by the build before partial batches existed.
+	body := `{"job_id":"j","spec_hash":"abc","seq":3,"source":{"index":1500},"target":4096,"failed_bytes":0,"counters":{"processed":1500,"created":1500,"updated":0,"skipped":0,"failed":0},"done":false,"time":"2026-01-02T03:04:05Z"}`
+	writeEnvelope(t, dir, 1, body)
+	got, err := checkpoint.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Seq != 3 || got.Source.Index != 1500 || got.Partial != nil {
+		t.Fatalf("got %+v", got)
+	}
+	// A plain checkpoint is still written as version 1.
+	if err := checkpoint.Save(dir, got); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(checkpoint.Path(dir))
+	if !strings.Contains(string(raw), `"version": 1`) {
+		t.Errorf("a checkpoint without a partial batch is not version 1:\n%s", raw)
+	}
+}
+
+func TestBadPartialBatchIsCorrupt(t *testing.T) {
+	for name, tc := range map[string]struct {
+		version int
+		partial string
+	}{
+		"bitmap too short":     {2, `{"len":500,"done":"AAAA"}`},
+		"zero records":         {2, `{"len":0,"done":""}`},
+		"partial in version 1": {1, `{"len":8,"done":"AQ=="}`},
+		"future version":       {3, `{"len":8,"done":"AQ=="}`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			body := `{"job_id":"j","spec_hash":"abc","seq":3,"source":{"index":1500},"target":4096,"failed_bytes":0,"counters":{"processed":1500,"created":1500,"updated":0,"skipped":0,"failed":0},"partial":` + tc.partial + `,"done":false,"time":"2026-01-02T03:04:05Z"}`
+			writeEnvelope(t, dir, tc.version, body)
+			_, err := checkpoint.Load(dir)
+			if !errors.Is(err, checkpoint.ErrCorrupt) {
+				t.Fatalf("Load: %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
+
+func writeEnvelope(t *testing.T, dir string, version int, body string) {
+	t.Helper()
+	sum := sha256.Sum256([]byte(body))
+	env := fmt.Sprintf(`{"format":"memvisor-checkpoint","version":%d,"sha256":"%s","body":%s}`, version, hex.EncodeToString(sum[:]), body)
+	if err := os.WriteFile(checkpoint.Path(dir), []byte(env), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

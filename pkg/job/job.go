@@ -126,6 +126,14 @@ type Inject struct {
 	SlowDrain Duration `json:"slow_drain,omitempty"`
 	// SlowBatch sleeps this long after every batch, to make a job last.
 	SlowBatch Duration `json:"slow_batch,omitempty"`
+	// LeakBytesPerSecond is retained like LeakBytesPerItem, but at a
+	// steady rate over time, whatever the items: a leak in a background
+	// task. It applies in every runner of the job.
+	LeakBytesPerSecond ByteSize `json:"leak_bytes_per_second,omitempty"`
+	// SlowWrite makes every target write wait this long first, as a
+	// rate-limited API does, and lets writes run concurrently up to the
+	// job's concurrency.
+	SlowWrite Duration `json:"slow_write,omitempty"`
 }
 
 // Any reports whether any fault is configured.
@@ -231,6 +239,8 @@ var unitFields = []struct {
 	{[]string{"memory", "restart_budget", "window"}, new(Duration)},
 	{[]string{"inject", "slow_drain"}, new(Duration)},
 	{[]string{"inject", "slow_batch"}, new(Duration)},
+	{[]string{"inject", "leak_bytes_per_second"}, new(ByteSize)},
+	{[]string{"inject", "slow_write"}, new(Duration)},
 }
 
 // locateUnitError returns the name of the first size or duration field in
@@ -441,6 +451,12 @@ func (i Inject) validate(v *Errors) {
 	}
 	if i.SlowDrain < 0 || i.SlowBatch < 0 {
 		v.Add("inject", "slow_drain and slow_batch must not be negative")
+	}
+	if i.LeakBytesPerSecond < 0 {
+		v.Add("inject.leak_bytes_per_second", "must not be negative")
+	}
+	if i.SlowWrite < 0 {
+		v.Add("inject.slow_write", "must not be negative")
 	}
 }
 

@@ -28,6 +28,32 @@ type Memory struct {
 	RestartBudget RestartBudget `json:"restart_budget"`
 	// CacheMaxEntries bounds the match-value cache; 0 is unbounded.
 	CacheMaxEntries int `json:"cache_max_entries"`
+	// GuardGCPercent and GuardDrainPercent place the runner's own memory
+	// guard lines (see runner.GuardFor). Zero means the default: the GC
+	// line at critical_percent, the drain line midway between critical
+	// and kill.
+	GuardGCPercent    float64 `json:"guard_gc_percent,omitempty"`
+	GuardDrainPercent float64 `json:"guard_drain_percent,omitempty"`
+}
+
+// MinLimit is the smallest budget a job may set. An idle runner (the
+// plugin server, the job's connectors, an empty cache) measures about
+// 14 MiB of RSS here; at 32 MiB the default GC line (85%) sits near twice
+// that, so the guard has room to work before it drains a runner that has
+// barely started.
+const MinLimit = 32 << 20
+
+// GuardPercents returns the guard's GC and drain lines in percent of the
+// budget, with the defaults filled in.
+func (m Memory) GuardPercents() (gc, drain float64) {
+	gc, drain = m.GuardGCPercent, m.GuardDrainPercent
+	if gc == 0 {
+		gc = m.CriticalPercent
+	}
+	if drain == 0 {
+		drain = (m.CriticalPercent + m.KillPercent) / 2
+	}
+	return gc, drain
 }
 
 // RestartBudget allows at most Max restarts that made no progress within
@@ -57,8 +83,8 @@ func (m Memory) validate(v *Errors, p string) {
 	if m.Limit < 0 {
 		v.Add(p+".limit", "must not be negative")
 	}
-	if m.Limit > 0 && m.Limit < 16<<20 {
-		v.Add(p+".limit", "must be at least 16MiB (got %s)", m.Limit)
+	if m.Limit > 0 && m.Limit < MinLimit {
+		v.Add(p+".limit", "must be at least %s, above the runner's idle footprint (got %s)", ByteSize(MinLimit), m.Limit)
 	}
 	pct := func(name string, x float64) {
 		if x <= 0 || x > 100 {
@@ -93,6 +119,23 @@ func (m Memory) validate(v *Errors, p string) {
 	}
 	if m.RestartBudget.Window <= 0 {
 		v.Add(p+".restart_budget.window", "must be positive (got %s)", m.RestartBudget.Window)
+	}
+	if m.GuardGCPercent < 0 || m.GuardGCPercent > 100 {
+		v.Add(p+".guard_gc_percent", "must be between 0 (the default) and 100 (got %g)", m.GuardGCPercent)
+	}
+	if m.GuardDrainPercent < 0 || m.GuardDrainPercent > 100 {
+		v.Add(p+".guard_drain_percent", "must be between 0 (the default) and 100 (got %g)", m.GuardDrainPercent)
+	}
+	if gc, drain := m.GuardPercents(); m.KillPercent > 0 {
+		if m.GuardGCPercent != 0 && gc >= m.KillPercent {
+			v.Add(p+".guard_gc_percent", "must be below kill_percent (%g), or the supervisor kills before the guard collects (got %g)", m.KillPercent, gc)
+		}
+		if m.GuardDrainPercent != 0 && drain >= m.KillPercent {
+			v.Add(p+".guard_drain_percent", "must be below kill_percent (%g), or the supervisor kills before the guard drains (got %g)", m.KillPercent, drain)
+		}
+		if gc >= drain {
+			v.Add(p+".guard_gc_percent", "must be below the drain line (%g%% of the budget), so a collection is tried before a drain (got %g)", drain, gc)
+		}
 	}
 	if m.CacheMaxEntries < 0 {
 		v.Add(p+".cache_max_entries", "must not be negative")

@@ -62,27 +62,36 @@ type Host struct {
 	// lastCheckpointEvent is when the last checkpoint event went out.
 	lastCheckpointEvent time.Time
 
-	guardLines plugin.Guard
+	// drainReason and drainStart are set by the first drain asked for,
+	// by the supervisor or by the guard; drainTook once it committed.
+	drainReason plugin.DrainReason
+	drainStart  time.Time
+	drainTook   time.Duration
 
-	inj  *injector
-	gc   *gcTuner
-	lock *flock.Flock
-	wg   sync.WaitGroup
+	guard *guard
+	inj   *injector
+	gc    *gcTuner
+	lock  *flock.Flock
+	wg    sync.WaitGroup
 }
 
 var _ plugin.Runner = (*Host)(nil)
 
 // New returns an idle Host.
 func New(log zerolog.Logger) *Host {
-	return &Host{
+	h := &Host{
 		log:      log,
 		now:      time.Now,
 		state:    plugin.StateIdle,
 		watchers: map[chan plugin.Event]struct{}{},
 		inj:      newInjector(),
 		gc:       newGCTuner(defaultHeadroom),
+		guard:    newGuard(log),
 		done:     make(chan struct{}),
 	}
+	h.guard.beforeGC = h.inj.releaseSpike
+	h.guard.drain = h.guardDrain
+	return h
 }
 
 // Start parses the job, takes its lock, opens its connectors and runs it in
@@ -141,6 +150,9 @@ func (h *Host) StartSpec(ctx context.Context, spec job.Spec, req plugin.StartReq
 	}
 	h.limit = limit
 	h.inj.configure(spec.Inject, dir, h.log)
+	if req.Guard != (plugin.Guard{}) {
+		h.guard.set(req.Guard)
+	}
 
 	src, err := openSource(ctx, spec, h.log)
 	if err != nil {
@@ -153,12 +165,16 @@ func (h *Host) StartSpec(ctx context.Context, spec job.Spec, req plugin.StartReq
 		lk.Unlock()
 		return fail(err)
 	}
+	if d := spec.Inject.SlowWrite; d > 0 {
+		tgt = slowTarget{Target: tgt, d: d.D()}
+	}
 	b, err := batcher.New(batcher.Options{
 		Spec: spec, Source: src, Target: tgt, Dir: dir, Logger: h.log,
 		Resume: req.Resume, RetryFailed: req.RetryFailed,
 		BeforeItem:  h.inj.beforeItem,
 		BeforeGC:    h.inj.releaseSpike,
 		AfterCommit: h.afterCommit,
+		AfterWrite:  h.guard.afterWrite,
 		Limit:       limit,
 	})
 	if err != nil {
@@ -173,7 +189,7 @@ func (h *Host) StartSpec(ctx context.Context, spec job.Spec, req plugin.StartReq
 	h.rate.reset(h.now(), b.Progress().Processed)
 	h.mu.Unlock()
 
-	h.wg.Add(2)
+	h.wg.Add(4)
 	go func() {
 		defer h.wg.Done()
 		h.run(runCtx, b, src, tgt, lk)
@@ -181,6 +197,14 @@ func (h *Host) StartSpec(ctx context.Context, spec job.Spec, req plugin.StartReq
 	go func() {
 		defer h.wg.Done()
 		h.tick(runCtx)
+	}()
+	go func() {
+		defer h.wg.Done()
+		h.guard.run(runCtx, h.done)
+	}()
+	go func() {
+		defer h.wg.Done()
+		h.inj.leakOverTime(runCtx, h.done)
 	}()
 	return nil
 }
@@ -201,6 +225,14 @@ func (h *Host) run(ctx context.Context, b *batcher.Batcher, src connector.Source
 		h.state, h.errMsg = plugin.StateFailed, err.Error()
 	case res.Status == batcher.StatusDrained:
 		h.state = plugin.StateDrained
+		if h.drainReason == "" {
+			h.drainReason = plugin.DrainRequested
+		}
+		if !h.drainStart.IsZero() {
+			h.drainTook = h.now().Sub(h.drainStart)
+		}
+		h.log.Info().Str("reason", string(h.drainReason)).Dur("took", h.drainTook).
+			Int64("seq", res.Checkpoint.Seq).Int64("offset", res.Checkpoint.Source.Index).Msg("drained")
 	case res.Status == batcher.StatusCancelled:
 		h.state = plugin.StateCancelled
 	default:
@@ -242,6 +274,7 @@ func (h *Host) tick(ctx context.Context) {
 const checkpointEvery = 100 * time.Millisecond
 
 func (h *Host) afterCommit(cp checkpoint.Checkpoint) {
+	h.guard.poke()
 	h.gc.tune()
 	h.inj.afterCommit()
 	h.mu.Lock()
@@ -285,7 +318,11 @@ func (h *Host) progressLocked() plugin.Progress {
 }
 
 func (h *Host) eventLocked(kind plugin.EventKind) plugin.Event {
-	return plugin.Event{Kind: kind, Time: h.now(), State: h.state, Progress: h.progressLocked(), Error: h.errMsg}
+	ev := plugin.Event{Kind: kind, Time: h.now(), State: h.state, Progress: h.progressLocked(), Error: h.errMsg}
+	if h.state == plugin.StateDrained {
+		ev.Reason, ev.DrainDuration = h.drainReason, h.drainTook
+	}
+	return ev
 }
 
 func (h *Host) broadcast(ev plugin.Event) {
@@ -317,6 +354,7 @@ func (h *Host) Stats(ctx context.Context) (plugin.Stats, error) {
 		RSSBytes: m.RSSBytes, HeapObjectsBytes: m.HeapObjectsBytes, HeapGoalBytes: m.HeapGoalBytes,
 		TotalMappedBytes: m.TotalMappedBytes, GCCount: m.GCCycles, GCCPUFraction: m.GCCPUFraction,
 		Progress: h.progressLocked(),
+		GuardGCs: h.guard.gcs.Load(),
 	}
 	if h.b != nil {
 		s.CacheEntries, s.CacheBytes = h.b.CacheStats()
@@ -344,22 +382,44 @@ func (h *Host) GC(ctx context.Context) (plugin.GCResult, error) {
 	return res, nil
 }
 
-// Drain stops the job after the batch in flight, commits, snapshots the
+// Drain stops issuing writes, waits for the writes in flight, commits a
+// checkpoint with the done items of the partial batch, snapshots the
 // cache and returns the checkpoint.
 func (h *Host) Drain(ctx context.Context, deadline time.Time) (plugin.Checkpoint, error) {
 	h.inj.gate()
-	h.mu.Lock()
-	b := h.b
-	if b != nil && !h.state.Finished() {
-		h.state = plugin.StateDraining
-	}
-	h.mu.Unlock()
+	b := h.beginDrain(plugin.DrainRequested)
 	if b == nil {
 		return plugin.Checkpoint{}, ErrNotStarted
 	}
 	h.inj.slowDrain()
 	b.Drain()
 	return h.waitCheckpoint(ctx, deadline)
+}
+
+// beginDrain records the first drain's reason and start, and returns the
+// batcher to drain, or nil before Start.
+func (h *Host) beginDrain(reason plugin.DrainReason) *batcher.Batcher {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.b != nil && !h.state.Finished() {
+		h.state = plugin.StateDraining
+		if h.drainReason == "" {
+			h.drainReason, h.drainStart = reason, h.now()
+		}
+	}
+	return h.b
+}
+
+// guardDrain is the guard's drain: the same path as the Drain RPC, with
+// its own reason.
+func (h *Host) guardDrain(usage, line uint64) {
+	b := h.beginDrain(plugin.DrainGuard)
+	if b == nil {
+		return
+	}
+	h.log.Warn().Str("reason", string(plugin.DrainGuard)).Float64("rssMB", memstat.MB(usage)).
+		Float64("drainLineMB", memstat.MB(line)).Msg("memory guard: usage crossed the drain line; draining")
+	b.Drain()
 }
 
 // Cancel stops the job for good after the batch in flight.
@@ -392,7 +452,8 @@ func (h *Host) waitCheckpoint(ctx context.Context, deadline time.Time) (plugin.C
 		return plugin.Checkpoint{}, h.runErr
 	}
 	cp := h.result.Checkpoint
-	return plugin.Checkpoint{Batches: cp.Seq, Offset: cp.Source.Index, Done: cp.Done, Progress: h.progressLocked()}, nil
+	return plugin.Checkpoint{Batches: cp.Seq, Offset: cp.Source.Index, Done: cp.Done, Progress: h.progressLocked(),
+		DrainDuration: h.drainTook, Reason: h.drainReason}, nil
 }
 
 // Watch streams events until the job ends or ctx is done.
@@ -510,11 +571,22 @@ func (r *rateMeter) observe(now time.Time, n int64) float64 {
 	return r.rate
 }
 
-// SetGuard implements plugin.Runner. The guard itself is not wired yet;
-// the lines are kept for it.
+// SetGuard replaces the memory guard's lines; they are checked at once.
 func (h *Host) SetGuard(_ context.Context, g plugin.Guard) error {
-	h.mu.Lock()
-	h.guardLines = g
-	h.mu.Unlock()
+	h.inj.gate()
+	h.guard.set(g)
 	return nil
+}
+
+// Guard returns the memory guard's lines.
+func (h *Host) Guard() plugin.Guard { return h.guard.lines() }
+
+// DrainReason says why the job drained, once it has.
+func (h *Host) DrainReason() plugin.DrainReason {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state != plugin.StateDrained {
+		return ""
+	}
+	return h.drainReason
 }

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/memvisor/memvisor/internal/atomicfile"
+	"github.com/memvisor/memvisor/pkg/connector"
 	"github.com/memvisor/memvisor/pkg/job"
 )
 
@@ -51,6 +53,87 @@ func (in *injector) fireOnce(name string) bool {
 	return true
 }
 
+// leakInterval spaces the allocations of leak_bytes_per_second.
+const leakInterval = 10 * time.Millisecond
+
+// leakOverTime carries out leak_bytes_per_second: memory retained at a
+// steady rate, whatever the job does, until ctx is done or stop closes.
+func (in *injector) leakOverTime(ctx context.Context, stop <-chan struct{}) {
+	in.mu.Lock()
+	rate := int64(in.cfg.LeakBytesPerSecond)
+	in.mu.Unlock()
+	if rate <= 0 {
+		return
+	}
+	t := time.NewTicker(leakInterval)
+	defer t.Stop()
+	last := time.Now()
+	var owed float64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stop:
+			return
+		case now := <-t.C:
+			// Pay by elapsed time, so a late tick does not slow the leak.
+			owed += float64(rate) * now.Sub(last).Seconds()
+			last = now
+			n := int(owed)
+			if n <= 0 {
+				continue
+			}
+			owed -= float64(n)
+			in.retain(n)
+		}
+	}
+}
+
+// retain allocates n bytes, touches every page so they show in RSS, and
+// keeps them for the life of the process.
+func (in *injector) retain(n int) {
+	b := make([]byte, n)
+	for i := 0; i < n; i += 4096 {
+		b[i] = 1
+	}
+	in.mu.Lock()
+	in.leak = append(in.leak, b)
+	in.mu.Unlock()
+}
+
+// slowTarget carries out slow_write: every write waits d first, as
+// against a rate-limited API. It hides the wrapped target's optional
+// interfaces, so writes run concurrently, up to the job's concurrency.
+type slowTarget struct {
+	connector.Target
+	d time.Duration
+}
+
+func (s slowTarget) wait(ctx context.Context) error {
+	t := time.NewTimer(s.d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func (s slowTarget) Create(ctx context.Context, externalID string, f connector.Fields) (int64, error) {
+	if err := s.wait(ctx); err != nil {
+		return 0, err
+	}
+	return s.Target.Create(ctx, externalID, f)
+}
+
+func (s slowTarget) Update(ctx context.Context, id int64, f connector.Fields) error {
+	if err := s.wait(ctx); err != nil {
+		return err
+	}
+	return s.Target.Update(ctx, id, f)
+}
+
 // beforeItem runs before each source record; index is 0-based and the
 // job file counts items from 1.
 func (in *injector) beforeItem(index int64) {
@@ -59,13 +142,7 @@ func (in *injector) beforeItem(index int64) {
 	in.mu.Unlock()
 	item := index + 1
 	if n := int(cfg.LeakBytesPerItem); n > 0 {
-		b := make([]byte, n)
-		for i := 0; i < n; i += 4096 {
-			b[i] = 1 // touch every page, so the leak shows in RSS
-		}
-		in.mu.Lock()
-		in.leak = append(in.leak, b)
-		in.mu.Unlock()
+		in.retain(n)
 	}
 	if cfg.SpikeAtItem == item && cfg.SpikeBytes > 0 && in.fireOnce("spike") {
 		n := int(cfg.SpikeBytes)

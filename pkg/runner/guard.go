@@ -1,0 +1,208 @@
+package runner
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/memvisor/memvisor/internal/memstat"
+	"github.com/memvisor/memvisor/pkg/job"
+	"github.com/memvisor/memvisor/plugin"
+)
+
+// GuardFor returns the memory guard lines for a runner with budget bytes
+// and the job's memory policy (docs/design.md, "The memory guard"). The
+// supervisor and a standalone `runner run` both use it, so a job is
+// guarded the same way wherever it runs.
+//
+// The GC line is memory.guard_gc_percent of the budget, by default the
+// critical level: the runner collects at the level where the supervisor
+// would ask it to, but without the sampling delay. The drain line is
+// memory.guard_drain_percent, by default midway between critical and kill
+// (90% with the defaults): above the GC line, so a spike that a
+// collection frees does not cost a restart, and far enough below the kill
+// line that the memory a drain needs (one write and one commit) fits in
+// between. A zero budget turns the guard off.
+func GuardFor(budget uint64, mem job.Memory) plugin.Guard {
+	if budget == 0 {
+		return plugin.Guard{}
+	}
+	gcPct, drainPct := mem.GuardPercents()
+	return plugin.Guard{
+		GCBytes:    uint64(float64(budget) * gcPct / 100),
+		DrainBytes: uint64(float64(budget) * drainPct / 100),
+	}
+}
+
+const (
+	// guardEvery is how many writes pass between two measurements. A
+	// measurement reads /proc/self/statm (a few microseconds); a write to
+	// a local file takes about as long, so measuring every write would
+	// cost a large share of the throughput. At 2 KiB leaked per item,
+	// 128 writes are 256 KiB.
+	guardEvery = 128
+	// guardTick bounds the time between two measurements when writes are
+	// slow or stalled; docs/design.md asks for at most 25 ms.
+	guardTick = 10 * time.Millisecond
+)
+
+// guard is the runner's own memory guard. Writers and commits only count
+// and poke it (an atomic add, and now and then a non-blocking send); its
+// own goroutine measures RSS and acts, so no write waits for a
+// measurement or a collection.
+type guard struct {
+	log zerolog.Logger
+
+	gcLine    atomic.Uint64
+	drainLine atomic.Uint64
+	writes    atomic.Uint64
+	gcs       atomic.Uint64
+	tripped   atomic.Bool // the drain line was crossed; it drains once
+	kick      chan struct{}
+
+	// beforeGC runs before every collection (it drops an injected spike).
+	beforeGC func()
+	// drain starts the runner's drain.
+	drain func(usage, line uint64)
+
+	// Owned by the guard's goroutine.
+	statm  *os.File
+	buf    [128]byte
+	armed  bool   // a collection is allowed
+	lastGC uint64 // usage after the last collection
+}
+
+func newGuard(log zerolog.Logger) *guard {
+	return &guard{log: log, kick: make(chan struct{}, 1), armed: true}
+}
+
+// set replaces the lines and has them checked at once.
+func (g *guard) set(l plugin.Guard) {
+	g.gcLine.Store(l.GCBytes)
+	g.drainLine.Store(l.DrainBytes)
+	g.poke()
+}
+
+func (g *guard) lines() plugin.Guard {
+	return plugin.Guard{GCBytes: g.gcLine.Load(), DrainBytes: g.drainLine.Load()}
+}
+
+// afterWrite is the per-write check: one atomic add and a compare.
+func (g *guard) afterWrite() {
+	if g.writes.Add(1)%guardEvery == 0 {
+		g.poke()
+	}
+}
+
+// poke asks the guard's goroutine to measure now.
+func (g *guard) poke() {
+	select {
+	case g.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run measures on every poke and every guardTick until ctx is done or
+// stop is closed.
+func (g *guard) run(ctx context.Context, stop <-chan struct{}) {
+	if f, err := os.Open("/proc/self/statm"); err == nil {
+		g.statm = f
+		defer f.Close()
+	}
+	t := time.NewTicker(guardTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stop:
+			return
+		case <-t.C:
+		case <-g.kick:
+		}
+		g.check()
+	}
+}
+
+// check compares usage with the lines and acts.
+func (g *guard) check() {
+	gcLine, drainLine := g.gcLine.Load(), g.drainLine.Load()
+	if (gcLine == 0 && drainLine == 0) || g.tripped.Load() {
+		return
+	}
+	u := g.usage()
+	if u == 0 {
+		return
+	}
+	line := gcLine
+	if line == 0 {
+		// No GC line: collect once as the drain line is crossed.
+		line = drainLine
+	}
+	if u < line {
+		g.armed = true
+		return
+	}
+	// Rearm when usage has climbed by half the gap between the lines
+	// since the last collection: there is new memory that a collection
+	// may free.
+	step := gcLine / 20
+	if drainLine > gcLine {
+		step = (drainLine - gcLine) / 2
+	}
+	if g.armed || (g.lastGC > 0 && u >= g.lastGC+step) {
+		// Collect before judging the drain line too: a spike that a
+		// collection frees is not worth a restart.
+		u = g.collect(u)
+	}
+	if drainLine > 0 && u >= drainLine && !g.tripped.Swap(true) {
+		g.drain(u, drainLine)
+	}
+}
+
+func (g *guard) collect(before uint64) uint64 {
+	start := time.Now()
+	if g.beforeGC != nil {
+		g.beforeGC()
+	}
+	runtime.GC()
+	debug.FreeOSMemory()
+	g.gcs.Add(1)
+	g.armed = false
+	after := g.usage()
+	g.lastGC = after
+	g.log.Info().Str("context", "gc").Str("reason", "memory guard").
+		Float64("rssBeforeMB", memstat.MB(before)).Float64("rssMB", memstat.MB(after)).
+		Float64("gcLineMB", memstat.MB(g.gcLine.Load())).Dur("took", time.Since(start)).
+		Msg("memory guard: usage crossed the GC line; collected garbage")
+	return after
+}
+
+// usage is the runner's RSS, read from an open /proc/self/statm.
+func (g *guard) usage() uint64 {
+	if g.statm == nil {
+		return memstat.RSS()
+	}
+	n, err := g.statm.ReadAt(g.buf[:], 0)
+	if n == 0 && err != nil {
+		return 0
+	}
+	f := bytes.Fields(g.buf[:n])
+	if len(f) < 2 {
+		return 0
+	}
+	pages, err := strconv.ParseUint(string(f[1]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return pages * pageSize
+}
+
+var pageSize = uint64(os.Getpagesize())
