@@ -175,7 +175,9 @@ type Policy struct {
 	killed     bool
 	recent     [climbSamples]Sample // the last samples, oldest first
 	nrecent    int
-	climbRate  float64 // bytes a second, set by climbing
+	climbRate  float64       // bytes a second, set by climbing
+	lastAt     time.Time     // the last sample's time
+	interval   time.Duration // between the last two samples
 
 	// drainTime is the learned time a drain takes. It outlives Reset:
 	// it is a property of the job and its target, not of one runner.
@@ -234,23 +236,22 @@ func (p *Policy) DrainDone(d time.Duration) {
 // rate is the slowest interval's: a leak rises at a steady pace, while a
 // one-off spike is one steep step among slow ones and must be left to
 // GC; a single flat or falling interval means no trend at all.
-func (p *Policy) growth() (rate float64, interval time.Duration, ok bool) {
+func (p *Policy) growth() (rate float64, ok bool) {
 	if p.nrecent < climbSamples {
-		return 0, 0, false
+		return 0, false
 	}
 	for i := 1; i < climbSamples; i++ {
 		prev, cur := p.recent[i-1], p.recent[i]
 		dt := cur.Time.Sub(prev.Time).Seconds()
 		if cur.Usage() <= prev.Usage() || dt <= 0 {
-			return 0, 0, false
+			return 0, false
 		}
 		r := float64(cur.Usage()-prev.Usage()) / dt
 		if i == 1 || r < rate {
 			rate = r
 		}
 	}
-	first, last := p.recent[0], p.recent[climbSamples-1]
-	return rate, last.Time.Sub(first.Time) / (climbSamples - 1), true
+	return rate, true
 }
 
 // predict reports whether, at the recent growth rate, usage would reach
@@ -265,16 +266,19 @@ func (p *Policy) predict(s Sample) (string, bool) {
 	if p.Percent(usage) < p.cfg.WarningPercent {
 		return "", false
 	}
-	rate, interval, ok := p.growth()
+	rate, ok := p.growth()
 	if !ok {
 		return "", false
 	}
 	// The projection starts from where the trend puts usage now: a last
 	// step steeper than the trend may be a spike that GC frees, and is
 	// left to the GC request.
-	prev, last := p.recent[climbSamples-2], p.recent[climbSamples-1]
-	base := min(float64(usage), float64(prev.Usage())+rate*last.Time.Sub(prev.Time).Seconds())
-	horizon := p.drainTime + interval
+	prev := p.recent[climbSamples-2]
+	if last := p.recent[climbSamples-1]; !last.Time.Equal(s.Time) {
+		prev = last // s was not remembered: the trend runs from the last one that was
+	}
+	base := min(float64(usage), float64(prev.Usage())+rate*s.Time.Sub(prev.Time).Seconds())
+	horizon := p.drainTime + p.interval
 	ceiling := p.cfg.Bytes(p.cfg.KillPercent)
 	projected := base + rate*horizon.Seconds()
 	if projected < float64(ceiling) {
@@ -306,8 +310,22 @@ func (p *Policy) levelFor(pct float64) Level {
 	return LevelOK
 }
 
+// climbSpacing is the least time between two remembered samples. With a
+// fast sample_interval, the samples of a trend are thinned to this
+// spacing, so that a trend spans at least three of them (450ms): a spike
+// whose pages take a few samples to fill on a loaded machine is one step,
+// not a trend.
+const climbSpacing = 150 * time.Millisecond
+
 // remember keeps s among the recent samples.
 func (p *Policy) remember(s Sample) {
+	if !p.lastAt.IsZero() {
+		p.interval = s.Time.Sub(p.lastAt)
+	}
+	p.lastAt = s.Time
+	if p.nrecent > 0 && s.Time.Sub(p.recent[p.nrecent-1].Time) < climbSpacing {
+		return
+	}
 	if p.nrecent == climbSamples {
 		copy(p.recent[:], p.recent[1:])
 		p.nrecent--

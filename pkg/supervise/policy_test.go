@@ -369,6 +369,30 @@ func TestPolicyPredicts(t *testing.T) {
 			// 40 B/s: 870 + 40 * 3.25s = 1000.
 			{750 * ms, 870, 0, []string{"restart"}},
 		}},
+		{"fast sampling: a fill shorter than three spaced samples is a step", nil, []step{
+			// Every 50ms; only samples 150ms apart make a trend.
+			{0, 600, 0, nil},
+			{50 * ms, 650, 0, nil},
+			{100 * ms, 700, 0, nil},
+			{150 * ms, 750, 0, []string{"level:ok>warning"}},
+			{200 * ms, 800, 0, nil},
+			{250 * ms, 850, 0, []string{"level:warning>critical", "gc"}},
+			{300 * ms, 900, 0, nil},
+			{350 * ms, 900, 0, nil},
+		}},
+		{"fast sampling: a fill that goes on is a trend", nil, []step{
+			{0, 600, 0, nil},
+			{50 * ms, 620, 0, nil},
+			{100 * ms, 640, 0, nil},
+			{150 * ms, 660, 0, nil},
+			{200 * ms, 680, 0, nil},
+			{250 * ms, 700, 0, nil},
+			{300 * ms, 720, 0, nil},
+			{350 * ms, 740, 0, nil},
+			{400 * ms, 760, 0, []string{"level:ok>warning"}},
+			// 400 B/s over 0, 150, 300 and 450ms: 780 + 400 * (1s + 50ms) > 950.
+			{450 * ms, 780, 0, []string{"restart"}},
+		}},
 		{"a steady fill cannot be told from a leak in time: it drains", nil, []step{
 			{0, 300, 0, nil},
 			{250 * ms, 500, 0, nil},
