@@ -44,6 +44,13 @@ type fakeRunner struct {
 	watchers map[chan plugin.Event]struct{}
 	hung     bool
 
+	// guard is the memory guard the supervisor gave; crossing its drain
+	// line drains the fake as the real runner's guard does: it finishes
+	// the batch, commits, and ends its Watch stream with StateDrained
+	// and plugin.DrainGuard.
+	guard      plugin.Guard
+	guardSince time.Time // when the guard began a drain
+
 	leakPending int64
 	leaked      [][]byte
 	leakBytes   uint64
@@ -129,7 +136,7 @@ func (f *fakeRunner) Start(_ context.Context, req plugin.StartRequest) error {
 	if f.state != plugin.StateIdle {
 		return plugin.ErrAlreadyStarted
 	}
-	f.spec, f.dir = spec, spec.Dir()
+	f.spec, f.dir, f.guard = spec, spec.Dir(), req.Guard
 	if err := os.MkdirAll(f.dir, 0o755); err != nil {
 		return err
 	}
@@ -234,6 +241,11 @@ func (f *fakeRunner) run() {
 					f.leaked = append(f.leaked, b)
 					f.leakBytes += uint64(len(b))
 					f.noteMemoryLocked(false)
+					if d := f.guard.DrainBytes; d > 0 && f.guardSince.IsZero() && f.state == plugin.StateRunning && selfRSS() >= d {
+						f.log.Warn().Uint64("drain_bytes", d).Msg("memory guard: draining")
+						f.guardSince = time.Now()
+						f.stop, f.state = true, plugin.StateDraining
+					}
 					f.mu.Unlock()
 					f.leakPending = 0
 				}
@@ -272,6 +284,11 @@ func (f *fakeRunner) run() {
 		f.broadcastLocked(plugin.EventDone)
 	case f.state == plugin.StateDraining:
 		f.state = plugin.StateDrained
+		if !f.guardSince.IsZero() {
+			ev := f.eventLocked(plugin.EventDone)
+			ev.Reason, ev.DrainDuration = plugin.DrainGuard, time.Since(f.guardSince)
+			f.sendLocked(ev)
+		}
 	}
 }
 
@@ -291,12 +308,19 @@ func (f *fakeRunner) progressLocked() plugin.Progress {
 }
 
 func (f *fakeRunner) broadcastLocked(kind plugin.EventKind) {
-	ev := plugin.Event{Kind: kind, Time: time.Now(), State: f.state, Progress: f.progressLocked(), Error: f.errMsg}
+	f.sendLocked(f.eventLocked(kind))
+}
+
+func (f *fakeRunner) eventLocked(kind plugin.EventKind) plugin.Event {
+	return plugin.Event{Kind: kind, Time: time.Now(), State: f.state, Progress: f.progressLocked(), Error: f.errMsg}
+}
+
+func (f *fakeRunner) sendLocked(ev plugin.Event) {
 	for ch := range f.watchers {
 		select {
 		case ch <- ev:
 		default: // a slow watcher misses progress, never the end
-			if kind == plugin.EventDone {
+			if ev.Kind == plugin.EventDone {
 				go func() { ch <- ev }()
 			}
 		}
@@ -439,4 +463,9 @@ func (f *fakeRunner) HeapProfile(context.Context) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-func (f *fakeRunner) SetGuard(context.Context, plugin.Guard) error { return nil }
+func (f *fakeRunner) SetGuard(_ context.Context, g plugin.Guard) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.guard = g
+	return nil
+}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/memvisor/memvisor/pkg/job"
+	"github.com/memvisor/memvisor/plugin"
 )
 
 // Level is a runner's memory level, as DESIGN.md section 4 defines them.
@@ -63,6 +64,27 @@ func NewPolicyConfig(m job.Memory, budget uint64) PolicyConfig {
 // Bytes returns the usage at percent of the budget.
 func (c PolicyConfig) Bytes(percent float64) uint64 {
 	return uint64(float64(c.BudgetBytes) * percent / 100)
+}
+
+// GuardFor derives the lines of the runner's own memory guard from the
+// policy's (docs/design.md, "The memory guard"). This is the one place
+// they are derived:
+//   - the GC line is the critical line: the runner collects at the level
+//     where the supervisor would ask it to;
+//   - the drain line is halfway between the critical and the kill line:
+//     above anything GC is expected to cure, and far enough below the
+//     kill line that a drain of about one write and one commit finishes
+//     before the supervisor's kill.
+//
+// A budget of zero turns both lines off.
+func GuardFor(cfg PolicyConfig) plugin.Guard {
+	if cfg.BudgetBytes == 0 {
+		return plugin.Guard{}
+	}
+	return plugin.Guard{
+		GCBytes:    cfg.Bytes(cfg.CriticalPercent),
+		DrainBytes: cfg.Bytes(cfg.CriticalPercent + (cfg.KillPercent-cfg.CriticalPercent)/2),
+	}
 }
 
 // Sample is one reading of a runner's memory.
@@ -127,6 +149,15 @@ type Action struct {
 //     sample intervals, a graceful restart is asked for at once: a fast
 //     leak would otherwise cross the ceiling before the cooldown ends,
 //     and be killed instead of drained. A spike that GC frees is not;
+//   - from the warning level up, when the last samples all rose, usage
+//     projected at the slowest of their rates to now + the drain time +
+//     one sample interval at or above KillPercent asks for a graceful
+//     restart at once, whatever the GC cooldown says: the drain must
+//     finish before the leak reaches the kill line. The drain time is
+//     learned from earlier drains (DrainDone), DefaultDrainTime until
+//     then. The projection starts from the trend, not from a last step
+//     steeper than it, so that a spike goes to GC first and is left
+//     alone when GC frees it;
 //   - usage at or above KillPercent asks for a kill at once, as does a
 //     runner that misses an RPC deadline (Unresponsive).
 //
@@ -144,18 +175,29 @@ type Policy struct {
 	killed     bool
 	recent     [climbSamples]Sample // the last samples, oldest first
 	nrecent    int
-	climbRate  float64 // bytes a second, set by climbing
+	climbRate  float64       // bytes a second, set by climbing
+	lastAt     time.Time     // the last sample's time
+	interval   time.Duration // between the last two samples
+
+	// drainTime is the learned time a drain takes. It outlives Reset:
+	// it is a property of the job and its target, not of one runner.
+	drainTime time.Duration
 }
 
 // climbSamples is how many samples (three intervals) make a steady climb.
 const climbSamples = 4
+
+// DefaultDrainTime is the drain time the policy assumes before it has
+// seen a drain: a drain at item granularity is about one write and one
+// commit, and a second leaves room for a slow target.
+const DefaultDrainTime = time.Second
 
 // NewPolicy returns a policy at level ok.
 func NewPolicy(cfg PolicyConfig) *Policy {
 	if cfg.CriticalSamples < 1 {
 		cfg.CriticalSamples = 1
 	}
-	return &Policy{cfg: cfg, level: LevelOK}
+	return &Policy{cfg: cfg, level: LevelOK, drainTime: DefaultDrainTime}
 }
 
 // Config returns the thresholds.
@@ -164,9 +206,88 @@ func (p *Policy) Config() PolicyConfig { return p.cfg }
 // Level returns the level of the last sample.
 func (p *Policy) Level() Level { return p.level }
 
-// Reset starts over for a new runner process.
+// Reset starts over for a new runner process. The learned drain time is
+// kept.
 func (p *Policy) Reset() {
-	*p = Policy{cfg: p.cfg, level: LevelOK}
+	*p = Policy{cfg: p.cfg, level: LevelOK, drainTime: p.drainTime}
+}
+
+// DrainTime returns the drain time the policy expects.
+func (p *Policy) DrainTime() time.Duration { return p.drainTime }
+
+// DrainDone learns from a finished drain that took d. A slower drain
+// than expected is believed at once, since underestimating it is what
+// turns a drain into a kill; a faster one only pulls the estimate down
+// by a quarter of the difference, so that one lucky drain does not
+// undo it. A zero or negative d (a runner that did not say) is ignored.
+func (p *Policy) DrainDone(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	if d >= p.drainTime {
+		p.drainTime = d
+		return
+	}
+	p.drainTime -= (p.drainTime - d) / 4
+}
+
+// growth returns the recent growth rate in bytes a second and the
+// sample interval, when the last climbSamples samples all rose. The
+// rate is the slowest interval's: a leak rises at a steady pace, while a
+// one-off spike is one steep step among slow ones and must be left to
+// GC; a single flat or falling interval means no trend at all.
+func (p *Policy) growth() (rate float64, ok bool) {
+	if p.nrecent < climbSamples {
+		return 0, false
+	}
+	for i := 1; i < climbSamples; i++ {
+		prev, cur := p.recent[i-1], p.recent[i]
+		dt := cur.Time.Sub(prev.Time).Seconds()
+		if cur.Usage() <= prev.Usage() || dt <= 0 {
+			return 0, false
+		}
+		r := float64(cur.Usage()-prev.Usage()) / dt
+		if i == 1 || r < rate {
+			rate = r
+		}
+	}
+	return rate, true
+}
+
+// predict reports whether, at the recent growth rate, usage would reach
+// the kill line before a drain started now could finish: by now + the
+// learned drain time + one sample interval (the time the next sample
+// would take to notice). It judges only from the warning level up:
+// below it, the runner's own GOMEMLIMIT collections still shape the
+// curve, and a climb that stops there (a prefetch filling its cache)
+// must not restart the runner.
+func (p *Policy) predict(s Sample) (string, bool) {
+	usage := s.Usage()
+	if p.Percent(usage) < p.cfg.WarningPercent {
+		return "", false
+	}
+	rate, ok := p.growth()
+	if !ok {
+		return "", false
+	}
+	// The projection starts from where the trend puts usage now: a last
+	// step steeper than the trend may be a spike that GC frees, and is
+	// left to the GC request.
+	prev := p.recent[climbSamples-2]
+	if last := p.recent[climbSamples-1]; !last.Time.Equal(s.Time) {
+		prev = last // s was not remembered: the trend runs from the last one that was
+	}
+	base := min(float64(usage), float64(prev.Usage())+rate*s.Time.Sub(prev.Time).Seconds())
+	horizon := p.drainTime + p.interval
+	ceiling := p.cfg.Bytes(p.cfg.KillPercent)
+	projected := base + rate*horizon.Seconds()
+	if projected < float64(ceiling) {
+		return "", false
+	}
+	eta := time.Duration(float64(ceiling-min(usage, ceiling)) / rate * float64(time.Second))
+	return fmt.Sprintf("usage %.1f%% of the budget is climbing %.1f MiB/s and would reach kill_percent %g in about %s, "+
+		"before a drain (about %s) and the next sample could finish",
+		p.Percent(usage), rate/(1<<20), p.cfg.KillPercent, eta.Round(time.Millisecond), p.drainTime.Round(time.Millisecond)), true
 }
 
 // Percent returns usage as a percentage of the budget.
@@ -189,8 +310,22 @@ func (p *Policy) levelFor(pct float64) Level {
 	return LevelOK
 }
 
+// climbSpacing is the least time between two remembered samples. With a
+// fast sample_interval, the samples of a trend are thinned to this
+// spacing, so that a trend spans at least three of them (450ms): a spike
+// whose pages take a few samples to fill on a loaded machine is one step,
+// not a trend.
+const climbSpacing = 150 * time.Millisecond
+
 // remember keeps s among the recent samples.
 func (p *Policy) remember(s Sample) {
+	if !p.lastAt.IsZero() {
+		p.interval = s.Time.Sub(p.lastAt)
+	}
+	p.lastAt = s.Time
+	if p.nrecent > 0 && s.Time.Sub(p.recent[p.nrecent-1].Time) < climbSpacing {
+		return
+	}
 	if p.nrecent == climbSamples {
 		copy(p.recent[:], p.recent[1:])
 		p.nrecent--
@@ -250,16 +385,23 @@ func (p *Policy) Observe(s Sample) []Action {
 	}
 	from := p.level
 	p.level = lvl
-	switch lvl {
-	case LevelKill:
+	if lvl == LevelKill {
 		p.killed = true
 		a := act(ActionKill, fmt.Sprintf("usage %.1f%% of the budget is at or above kill_percent %g", pct, p.cfg.KillPercent))
 		a.From = from
 		return append(out, a)
+	}
+	if p.restarting {
+		return out
+	}
+	if reason, ok := p.predict(s); ok {
+		// Whatever the GC cooldown says: waiting for it is what lets a
+		// fast leak reach the kill line.
+		p.restarting = true
+		return append(out, act(ActionRestart, reason))
+	}
+	switch lvl {
 	case LevelCritical:
-		if p.restarting {
-			return out
-		}
 		if p.gcAt.IsZero() {
 			if !p.lastGC.IsZero() && s.Time.Sub(p.lastGC) < p.cfg.GCCooldown {
 				// A GC asked for moments ago is still taking effect.

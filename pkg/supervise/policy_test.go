@@ -62,13 +62,15 @@ func TestPolicy(t *testing.T) {
 			{5000 * ms, 400, 0, nil},
 		}},
 		{"leak: GC does not help, restart after cooldown and K samples", []step{
+			// 20 bytes a second: too slow for the projection to reach
+			// the kill line within the drain time.
 			{0, 860, 0, []string{"level:ok>critical", "gc"}},
-			{250 * ms, 870, 0, nil},
-			{500 * ms, 880, 0, nil},
-			{750 * ms, 890, 0, nil},
-			{1000 * ms, 900, 0, nil}, // first sample after the cooldown: 1
-			{1250 * ms, 910, 0, nil}, // 2
-			{1500 * ms, 920, 0, []string{"restart"}},
+			{250 * ms, 865, 0, nil},
+			{500 * ms, 870, 0, nil},
+			{750 * ms, 875, 0, nil},
+			{1000 * ms, 880, 0, nil}, // first sample after the cooldown: 1
+			{1250 * ms, 885, 0, nil}, // 2
+			{1500 * ms, 890, 0, []string{"restart"}},
 			{1750 * ms, 930, 0, nil}, // draining: no second restart
 			{2000 * ms, 940, 0, nil},
 			{2250 * ms, 950, 0, []string{"level:critical>kill", "kill"}}, // a draining runner that keeps growing
@@ -274,12 +276,16 @@ func TestPolicyGCDone(t *testing.T) {
 	}{
 		{"fast leak GC cannot cure", []uint64{600, 680, 760, 860}, 870, []string{"restart"}},
 		{"spike GC frees", []uint64{200, 210, 220, 900}, 230, nil},
-		{"spike filling over several samples, freed", []uint64{300, 500, 700, 900}, 310, nil},
 		{"slow climb waits for the cooldown", []uint64{820, 830, 840, 860}, 865, nil},
 		{"no steady climb", []uint64{700, 700, 700, 870}, 875, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := supervise.NewPolicy(cfg)
+			// Drains learned to be near instant, so that the projection
+			// of Observe leaves these climbs to the GC answer.
+			for range 60 {
+				p.DrainDone(time.Millisecond)
+			}
 			var last []supervise.Action
 			for i, rss := range tc.samples {
 				last = p.Observe(supervise.Sample{Time: t0.Add(time.Duration(i) * 250 * ms), RSSBytes: rss})
@@ -292,5 +298,158 @@ func TestPolicyGCDone(t *testing.T) {
 				t.Fatalf("GCDone: got %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestPolicyPredicts covers the predictive rule: a climb that would reach
+// the kill line before a drain could finish drains at once, whatever the
+// GC cooldown says; a spike, a climb below the warning level, and a climb
+// that stopped do not.
+func TestPolicyPredicts(t *testing.T) {
+	cfg := supervise.PolicyConfig{
+		BudgetBytes: 1000, WarningPercent: 75, CriticalPercent: 85, KillPercent: 95,
+		CriticalSamples: 3, GCCooldown: time.Second,
+	}
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		drain []time.Duration // drains learned before the samples
+		steps []step
+	}{
+		{"fast steady leak drains from the warning level", nil, []step{
+			{0, 700, 0, nil},
+			{250 * ms, 740, 0, nil},
+			{500 * ms, 780, 0, []string{"level:ok>warning"}},
+			// 160 B/s: 820 + 160 * (1s + 250ms) = 1020, past the kill line.
+			{750 * ms, 820, 0, []string{"restart"}},
+			{1000 * ms, 860, 0, []string{"level:warning>critical"}}, // draining: no GC, no second restart
+			{1250 * ms, 960, 0, []string{"level:critical>kill", "kill"}},
+		}},
+		{"during the GC cooldown", nil, []step{
+			{0, 860, 0, []string{"level:ok>critical", "gc"}},
+			{250 * ms, 880, 0, nil},
+			{500 * ms, 900, 0, nil},
+			// 80 B/s: 920 + 100 = 1020, while the cooldown runs to 1s.
+			{750 * ms, 920, 0, []string{"restart"}},
+		}},
+		{"below the warning level nothing is projected", nil, []step{
+			{0, 300, 0, nil},
+			{250 * ms, 450, 0, nil},
+			{500 * ms, 600, 0, nil},
+			{750 * ms, 740, 0, nil},
+		}},
+		{"a spike above a slow trend goes to GC and is left alone when freed", nil, []step{
+			{0, 700, 0, nil},
+			{250 * ms, 710, 0, nil},
+			{500 * ms, 720, 0, nil},
+			// The trend puts usage at 730, rising 40 B/s: far from 950.
+			{750 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
+			{1000 * ms, 740, 0, []string{"level:critical>ok"}},
+			{1250 * ms, 745, 0, nil},
+			{1500 * ms, 748, 0, nil},
+		}},
+		{"a climb that stopped", nil, []step{
+			{0, 700, 0, nil},
+			{250 * ms, 800, 0, []string{"level:ok>warning"}},
+			{500 * ms, 900, 0, []string{"level:warning>critical", "gc"}},
+			{750 * ms, 900, 0, nil},
+			{1000 * ms, 900, 0, nil},
+		}},
+		{"a slow leak waits for the cooldown with the default drain time", nil, []step{
+			{0, 840, 0, []string{"level:ok>warning"}},
+			{250 * ms, 850, 0, []string{"level:warning>critical", "gc"}},
+			{500 * ms, 860, 0, nil},
+			// 40 B/s: 870 + 40 * 1.25s = 920.
+			{750 * ms, 870, 0, nil},
+		}},
+		{"a slow drain learned earlier widens the horizon", []time.Duration{3 * time.Second}, []step{
+			{0, 840, 0, []string{"level:ok>warning"}},
+			{250 * ms, 850, 0, []string{"level:warning>critical", "gc"}},
+			{500 * ms, 860, 0, nil},
+			// 40 B/s: 870 + 40 * 3.25s = 1000.
+			{750 * ms, 870, 0, []string{"restart"}},
+		}},
+		{"fast sampling: a fill shorter than three spaced samples is a step", nil, []step{
+			// Every 50ms; only samples 150ms apart make a trend.
+			{0, 600, 0, nil},
+			{50 * ms, 650, 0, nil},
+			{100 * ms, 700, 0, nil},
+			{150 * ms, 750, 0, []string{"level:ok>warning"}},
+			{200 * ms, 800, 0, nil},
+			{250 * ms, 850, 0, []string{"level:warning>critical", "gc"}},
+			{300 * ms, 900, 0, nil},
+			{350 * ms, 900, 0, nil},
+		}},
+		{"fast sampling: a fill that goes on is a trend", nil, []step{
+			{0, 600, 0, nil},
+			{50 * ms, 620, 0, nil},
+			{100 * ms, 640, 0, nil},
+			{150 * ms, 660, 0, nil},
+			{200 * ms, 680, 0, nil},
+			{250 * ms, 700, 0, nil},
+			{300 * ms, 720, 0, nil},
+			{350 * ms, 740, 0, nil},
+			{400 * ms, 760, 0, []string{"level:ok>warning"}},
+			// 400 B/s over 0, 150, 300 and 450ms: 780 + 400 * (1s + 50ms) > 950.
+			{450 * ms, 780, 0, []string{"restart"}},
+		}},
+		{"a steady fill cannot be told from a leak in time: it drains", nil, []step{
+			{0, 300, 0, nil},
+			{250 * ms, 500, 0, nil},
+			{500 * ms, 700, 0, nil},
+			{750 * ms, 900, 0, []string{"level:ok>critical", "restart"}},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := supervise.NewPolicy(cfg)
+			for _, d := range tc.drain {
+				p.DrainDone(d)
+			}
+			for i, s := range tc.steps {
+				got := describe(p.Observe(supervise.Sample{Time: t0.Add(s.at), RSSBytes: s.rss, HeapBytes: s.heap}))
+				if !reflect.DeepEqual(got, s.want) {
+					t.Fatalf("step %d (t=%v rss=%d): got %q, want %q", i, s.at, s.rss, got, s.want)
+				}
+			}
+		})
+	}
+}
+
+func TestPolicyLearnsDrainTime(t *testing.T) {
+	p := supervise.NewPolicy(supervise.NewPolicyConfig(job.DefaultMemory(), 1000))
+	steps := []struct {
+		drain time.Duration
+		want  time.Duration
+	}{
+		{0, supervise.DefaultDrainTime},            // not said: ignored
+		{-time.Second, supervise.DefaultDrainTime}, // nonsense: ignored
+		{3 * time.Second, 3 * time.Second},         // slower: believed at once
+		{time.Second, 2500 * time.Millisecond},     // faster: a quarter of the way
+		{2500 * time.Millisecond, 2500 * time.Millisecond},
+	}
+	for i, s := range steps {
+		p.DrainDone(s.drain)
+		if got := p.DrainTime(); got != s.want {
+			t.Fatalf("step %d, drain %v: got %v, want %v", i, s.drain, got, s.want)
+		}
+	}
+	p.Reset()
+	if got := p.DrainTime(); got != 2500*time.Millisecond {
+		t.Errorf("after Reset: got %v, want the learned 2.5s kept", got)
+	}
+}
+
+func TestGuardFor(t *testing.T) {
+	cfg := supervise.PolicyConfig{BudgetBytes: 1000, WarningPercent: 75, CriticalPercent: 85, KillPercent: 95}
+	g := supervise.GuardFor(cfg)
+	if g.GCBytes != 850 || g.DrainBytes != 900 {
+		t.Errorf("GuardFor: got GC %d drain %d, want 850 and 900", g.GCBytes, g.DrainBytes)
+	}
+	if kill := cfg.Bytes(cfg.KillPercent); !(g.GCBytes < g.DrainBytes && g.DrainBytes < kill) {
+		t.Errorf("lines out of order: gc %d, drain %d, kill %d", g.GCBytes, g.DrainBytes, kill)
+	}
+	cfg.BudgetBytes = 0
+	if g := supervise.GuardFor(cfg); g.GCBytes != 0 || g.DrainBytes != 0 {
+		t.Errorf("no budget: got %+v, want both lines off", g)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/memvisor/memvisor/internal/logkey"
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/plugin"
 )
@@ -147,7 +148,7 @@ func New(spec job.Spec, opts Options) (*Supervisor, error) {
 		spec:     spec,
 		jobJSON:  data,
 		opts:     opts,
-		log:      opts.Logger.With().Str("job_id", spec.ID).Logger(),
+		log:      opts.Logger.With().Str(logkey.JobID, spec.ID).Logger(),
 		clock:    opts.Clock,
 		rss:      opts.RSS,
 		budget:   budget,
@@ -246,8 +247,6 @@ func (s *Supervisor) takeControl() (pause, cancel, abort bool) {
 	return pause, cancel, abort
 }
 
-const abortReason = "aborted: the runner was killed without a drain; the job resumes from its last checkpoint"
-
 // HeapProfile returns the running runner's pprof heap profile.
 func (s *Supervisor) HeapProfile(ctx context.Context) ([]byte, error) {
 	s.mu.Lock()
@@ -291,7 +290,7 @@ func (s *Supervisor) Run(ctx context.Context, mode StartMode) (Summary, error) {
 		s.log.Warn().Int("orphan_pid", pid).Msg("killed the runner a previous supervisor left behind")
 	}
 	s.log.Info().Uint64("budget_bytes", s.budget.Bytes).Str("budget_source", s.budget.Source).
-		Float64("budgetMB", mb(s.budget.Bytes)).Int64("gomemlimit", GoMemLimit(s.policy.Config())).
+		Float64(logkey.BudgetMB, logkey.MB(s.budget.Bytes)).Int64("gomemlimit", GoMemLimit(s.policy.Config())).
 		Msg("supervising job")
 
 	status, reason := s.loop(ctx, lock, mode)
@@ -312,7 +311,7 @@ func (s *Supervisor) Run(ctx context.Context, mode StartMode) (Summary, error) {
 	}
 	ev.Str("status", status).Str("reason", reason).Int64("processed", sum.Processed).
 		Int("restarts", sum.Restarts.Total()).Int("gc_requests", sum.GCRequests).
-		Float64("peakRssMB", mb(sum.PeakRSSBytes)).Float64("duration_s", sum.DurationS).Msg("job " + status)
+		Float64(logkey.PeakRSSMB, logkey.MB(sum.PeakRSSBytes)).Float64("duration_s", sum.DurationS).Msg("job " + status)
 	st := s.Status()
 	s.emit(Event{Kind: EventDone, Time: s.clock.Now(), Progress: st.Progress, Memory: st.Memory, Status: status, Reason: reason})
 	return sum, nil
@@ -349,7 +348,13 @@ func (s *Supervisor) loop(ctx context.Context, lock *jobLock, mode StartMode) (s
 		if ctx.Err() != nil {
 			return StatusPaused, "interrupted before a runner started"
 		}
-		out := s.attempt(ctx, lock, plugin.StartRequest{Job: s.jobJSON, Resume: resume, RetryFailed: mode.RetryFailed})
+		out := s.attempt(ctx, lock, plugin.StartRequest{
+			Job: s.jobJSON, Resume: resume, RetryFailed: mode.RetryFailed,
+			// The budget is settled once, in New, so the guard's lines
+			// are given at every Start and never change while a runner
+			// runs; SetGuard is for a budget that would.
+			Guard: GuardFor(s.policy.Config()),
+		})
 		// Every later start resumes: a runner with no checkpoint to resume
 		// from simply starts from the beginning.
 		resume = true
@@ -387,502 +392,6 @@ func (s *Supervisor) loop(ctx context.Context, lock *jobLock, mode StartMode) (s
 		case <-s.ctrl:
 			t.Stop()
 			// Handled at the top of the loop.
-		}
-	}
-}
-
-// outcome is how one runner ended.
-type outcome struct {
-	final      bool // the run is over, with status
-	status     string
-	restart    RestartKind // otherwise, restart for this reason
-	reason     string
-	progressed bool
-}
-
-func (s *Supervisor) setClient(c *plugin.Client) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.client = c
-	if c != nil {
-		s.st.RunnerPID = c.PID()
-	}
-}
-
-// attempt starts one runner and supervises it until it ends.
-func (s *Supervisor) attempt(ctx context.Context, lock *jobLock, req plugin.StartRequest) outcome {
-	base := s.high
-	progressed := func() bool { return s.high.Batches > base.Batches || s.high.Offset > base.Offset }
-	s.update(func(st *Status) { st.State = StateStarting })
-	c, err := plugin.Start(ctx, plugin.ClientOptions{
-		Path:         s.opts.RunnerPath,
-		Args:         s.opts.RunnerArgs,
-		Env:          s.env,
-		Logger:       s.log,
-		StartTimeout: s.opts.StartTimeout,
-		// The pidfile is written before the handshake, so that even a
-		// supervisor that dies during it leaves a runner that can be
-		// found and reaped.
-		OnStart: func(pid int) {
-			if err := lock.writePID(pid); err != nil {
-				s.log.Warn().Err(err).Msg("write runner pidfile")
-			}
-		},
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return outcome{final: true, status: StatusPaused, reason: "interrupted while a runner started"}
-		}
-		return outcome{restart: RestartCrash, reason: err.Error()}
-	}
-	defer c.KillNow() // a no-op when already stopped
-	s.setClient(c)
-	defer s.setClient(nil)
-	s.policy.Reset()
-	s.heap, s.heapTotal = 0, 0
-
-	rpcTimeout := s.spec.Memory.RPCTimeout.D()
-	sctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
-	err = c.Runner().Start(sctx, req)
-	cancel()
-	if err != nil {
-		switch {
-		case c.Exited() || errors.Is(err, plugin.ErrUnavailable):
-			c.KillNow()
-			return outcome{restart: RestartCrash, reason: exitReason(c, "before it answered Start")}
-		case errors.Is(err, context.DeadlineExceeded):
-			c.KillNow()
-			return outcome{restart: RestartHang, reason: fmt.Sprintf("runner did not answer Start within %s", rpcTimeout)}
-		case errors.Is(err, plugin.ErrJobLocked):
-			c.KillNow()
-			return outcome{restart: RestartCrash, reason: err.Error()}
-		}
-		c.Kill()
-		return outcome{final: true, status: StatusFailed, reason: err.Error()}
-	}
-	s.log.Info().Int("runner_pid", c.PID()).Bool("resume", req.Resume).Msg("runner started")
-	s.update(func(st *Status) { st.State = StateRunning })
-	out := s.watch(ctx, c)
-	out.progressed = progressed()
-	return out
-}
-
-func exitReason(c *plugin.Client, when string) string {
-	select {
-	case <-c.Done():
-	case <-time.After(2 * time.Second):
-	}
-	if err := c.ExitErr(); err != nil {
-		return fmt.Sprintf("runner exited %s: %v", when, err)
-	}
-	if c.Exited() {
-		return "runner exited with status 0 " + when
-	}
-	return "runner stopped answering " + when
-}
-
-type statsResult struct {
-	st  plugin.Stats
-	err error
-}
-
-type rpcKind int
-
-const (
-	rpcGC rpcKind = iota
-	rpcDrain
-	rpcCancel
-)
-
-type rpcResult struct {
-	kind rpcKind
-	gc   plugin.GCResult
-	cp   plugin.Checkpoint
-	err  error
-}
-
-type drainPurpose int
-
-const (
-	drainNone drainPurpose = iota
-	drainRestart
-	drainPause
-)
-
-// watch supervises one started runner until it ends or must restart.
-func (s *Supervisor) watch(ctx context.Context, c *plugin.Client) outcome {
-	r := c.Runner()
-	pid := c.PID()
-	m := s.spec.Memory
-	interval, rpcTimeout, drainTimeout := m.SampleInterval.D(), m.RPCTimeout.D(), m.DrainTimeout.D()
-
-	actx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
-	statsCh := make(chan statsResult)
-	watchCh := make(chan plugin.Event)
-	watchErr := make(chan error, 1)
-	rpcCh := make(chan rpcResult, 4) // at most one GC, one drain, one cancel
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		s.pollStats(actx, r, s.opts.StatsInterval, rpcTimeout, statsCh)
-	}()
-	go func() {
-		defer wg.Done()
-		watchErr <- r.Watch(actx, func(ev plugin.Event) error {
-			select {
-			case watchCh <- ev:
-				return nil
-			case <-actx.Done():
-				return actx.Err()
-			}
-		})
-	}()
-	call := func(fn func() rpcResult) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rpcCh <- fn()
-		}()
-	}
-
-	var (
-		gcInFlight     bool
-		drain          drainPurpose
-		drainReason    string
-		cancelling     bool
-		cancelAfter    bool // cancel once the drain in flight is done
-		ctxDone        = ctx.Done()
-		cancelDeadline <-chan time.Time
-		stopTimers     []Timer
-	)
-	defer func() {
-		for _, t := range stopTimers {
-			t.Stop()
-		}
-	}()
-	hang := func(call string, timeout time.Duration) outcome {
-		reason := fmt.Sprintf("runner did not answer %s within %s", call, timeout)
-		for _, a := range s.policy.Unresponsive(call, timeout) {
-			reason = a.Reason
-		}
-		c.KillNow()
-		if cancelling || cancelAfter {
-			return outcome{final: true, status: StatusCancelled, reason: reason}
-		}
-		if drain == drainPause {
-			return outcome{final: true, status: StatusPaused, reason: reason}
-		}
-		return outcome{restart: RestartHang, reason: reason}
-	}
-	startDrain := func(purpose drainPurpose, reason string) {
-		if drain != drainNone {
-			if purpose == drainPause {
-				drain = drainPause
-			}
-			return
-		}
-		drain, drainReason = purpose, reason
-		s.update(func(st *Status) { st.State = StateDraining })
-		deadline := s.clock.Now().Add(drainTimeout)
-		call(func() rpcResult {
-			// The RPC gets a little longer than the runner's own deadline,
-			// so a runner that honours it is not taken for hung.
-			dctx, cancel := context.WithTimeout(actx, drainTimeout+time.Second)
-			defer cancel()
-			cp, err := r.Drain(dctx, deadline)
-			return rpcResult{kind: rpcDrain, cp: cp, err: err}
-		})
-	}
-	startCancel := func() {
-		cancelling = true
-		t := s.clock.NewTimer(drainTimeout + time.Second)
-		stopTimers = append(stopTimers, t)
-		cancelDeadline = t.C()
-		call(func() rpcResult {
-			cctx, cancel := context.WithTimeout(actx, drainTimeout)
-			defer cancel()
-			return rpcResult{kind: rpcCancel, err: r.Cancel(cctx)}
-		})
-	}
-	// end turns a finished runner state into the outcome.
-	end := func(state plugin.State, msg string) (outcome, bool) {
-		switch state {
-		case plugin.StateCompleted:
-			c.Kill()
-			return outcome{final: true, status: StatusCompleted}, true
-		case plugin.StateFailed:
-			c.Kill()
-			if msg == "" {
-				msg = "runner reported the job failed"
-			}
-			return outcome{final: true, status: StatusFailed, reason: msg}, true
-		case plugin.StateCancelled:
-			c.Kill()
-			return outcome{final: true, status: StatusCancelled, reason: "cancelled"}, true
-		case plugin.StateDrained:
-			if drain != drainNone {
-				return outcome{}, false // the Drain answer decides
-			}
-			c.Kill()
-			return outcome{restart: RestartGraceful, reason: "runner drained on its own"}, true
-		}
-		return outcome{}, false
-	}
-
-	tick := s.clock.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-tick.C():
-			if c.Exited() {
-				continue // Done says why
-			}
-			now := s.clock.Now()
-			rss, err := s.rss(pid)
-			if err != nil {
-				s.log.Debug().Err(err).Int("runner_pid", pid).Msg("read runner RSS")
-			}
-			sample := Sample{Time: now, RSSBytes: rss, HeapBytes: s.heap}
-			actions := s.policy.Observe(sample)
-			mem := s.memory(sample.RSSBytes, sample.HeapBytes)
-			s.update(func(st *Status) {
-				st.Memory = mem
-				st.PeakRSS = max(st.PeakRSS, rss)
-				st.Updated = now
-			})
-			s.emit(Event{Kind: EventMemory, Time: now, Memory: mem})
-			for _, a := range actions {
-				switch a.Kind {
-				case ActionLevel:
-					ev := s.log.Info()
-					if a.To.Rank() > a.From.Rank() {
-						ev = s.log.Warn()
-					}
-					s.memLog(ev, "memory.level", mem).Str("from", string(a.From)).Str("reason", a.Reason).
-						Msg("memory level " + string(a.To))
-					s.emit(Event{Kind: EventLevel, Time: now, Memory: mem, From: a.From, Level: a.To, Reason: a.Reason})
-				case ActionGC:
-					s.update(func(st *Status) { st.GCRequests++ })
-					s.memLog(s.log.Warn(), "memory.gc", mem).Str("reason", a.Reason).Msg("asking the runner to collect garbage")
-					s.emit(Event{Kind: EventGC, Time: now, Memory: mem, Level: a.To, Reason: a.Reason})
-					if !gcInFlight {
-						gcInFlight = true
-						call(func() rpcResult {
-							gctx, cancel := context.WithTimeout(actx, rpcTimeout)
-							defer cancel()
-							res, err := r.GC(gctx)
-							return rpcResult{kind: rpcGC, gc: res, err: err}
-						})
-					}
-				case ActionRestart:
-					s.memLog(s.log.Warn(), "memory.restart", mem).Str("reason", a.Reason).
-						Msg("draining the runner for a graceful restart")
-					startDrain(drainRestart, a.Reason)
-				case ActionKill:
-					s.memLog(s.log.Error(), "memory.kill", mem).Str("reason", a.Reason).Msg("killing the runner")
-					c.KillNow()
-					if cancelling || cancelAfter {
-						return outcome{final: true, status: StatusCancelled, reason: a.Reason}
-					}
-					if drain == drainPause {
-						return outcome{final: true, status: StatusPaused, reason: a.Reason}
-					}
-					return outcome{restart: RestartKill, reason: a.Reason}
-				}
-			}
-
-		case res := <-statsCh:
-			if res.err != nil {
-				if errors.Is(res.err, context.DeadlineExceeded) && !c.Exited() {
-					return hang("Stats", rpcTimeout)
-				}
-				if !c.Exited() {
-					s.log.Debug().Err(res.err).Msg("runner Stats")
-				}
-				continue
-			}
-			s.takeStats(res.st)
-			if o, ok := end(res.st.State, res.st.Error); ok {
-				return o
-			}
-
-		case ev := <-watchCh:
-			s.takeProgress(ev.State, ev.Progress)
-			if ev.Kind == plugin.EventDone {
-				if o, ok := end(ev.State, ev.Error); ok {
-					return o
-				}
-			}
-
-		case err := <-watchErr:
-			if err != nil && !c.Exited() && actx.Err() == nil {
-				s.log.Debug().Err(err).Msg("runner progress stream ended; polling Stats only")
-			}
-
-		case <-c.Done():
-			// The job may have ended just before the process did.
-			sctx, cancel := context.WithTimeout(actx, 100*time.Millisecond)
-			st, err := r.Stats(sctx)
-			cancel()
-			if err == nil {
-				if o, ok := end(st.State, st.Error); ok {
-					return o
-				}
-			}
-			reason := exitReason(c, "while the job ran")
-			c.KillNow()
-			switch {
-			case cancelling || cancelAfter:
-				return outcome{final: true, status: StatusCancelled, reason: reason}
-			case drain == drainPause:
-				return outcome{final: true, status: StatusPaused, reason: reason}
-			}
-			return outcome{restart: RestartCrash, reason: reason}
-
-		case res := <-rpcCh:
-			switch res.kind {
-			case rpcGC:
-				gcInFlight = false
-				if res.err != nil {
-					if errors.Is(res.err, context.DeadlineExceeded) && !c.Exited() {
-						return hang("GC", rpcTimeout)
-					}
-					s.log.Debug().Err(res.err).Msg("runner GC")
-					continue
-				}
-				gc := res.gc
-				s.log.Info().Str("context", "memory.gc").
-					Float64("rssBeforeMB", mb(gc.Before.RSSBytes)).Float64("rssAfterMB", mb(gc.After.RSSBytes)).
-					Float64("heapBeforeMB", mb(gc.Before.HeapObjectsBytes)).Float64("heapAfterMB", mb(gc.After.HeapObjectsBytes)).
-					Dur("took", gc.Duration).Msg("runner collected garbage")
-				s.heap = gc.After.HeapObjectsBytes
-				s.emit(Event{Kind: EventGC, Time: s.clock.Now(), Memory: s.Status().Memory, GC: &gc, Reason: "collected"})
-				for _, a := range s.policy.GCDone(s.clock.Now(), gc.After.RSSBytes) {
-					mem := s.memory(gc.After.RSSBytes, s.heap)
-					s.memLog(s.log.Warn(), "memory.restart", mem).Str("reason", a.Reason).
-						Msg("draining the runner for a graceful restart")
-					startDrain(drainRestart, a.Reason)
-				}
-
-			case rpcDrain:
-				if res.err != nil {
-					if c.Exited() {
-						continue // Done says why
-					}
-					if errors.Is(res.err, context.DeadlineExceeded) {
-						return hang("Drain", drainTimeout)
-					}
-					if errors.Is(res.err, plugin.ErrNotStarted) && drain == drainPause {
-						// Stopped before its first batch: nothing to commit.
-						c.KillNow()
-						return outcome{final: true, status: StatusPaused, reason: drainReason}
-					}
-					if errors.Is(res.err, plugin.ErrFinished) {
-						// The job ended first; Stats will say how.
-						st, err := r.Stats(actx)
-						if err == nil {
-							if o, ok := end(st.State, st.Error); ok {
-								return o
-							}
-						}
-					}
-					c.KillNow()
-					reason := "drain failed: " + res.err.Error()
-					switch {
-					case cancelAfter:
-						return outcome{final: true, status: StatusCancelled, reason: reason}
-					case drain == drainPause:
-						return outcome{final: true, status: StatusPaused, reason: reason}
-					}
-					return outcome{restart: RestartCrash, reason: reason}
-				}
-				s.takeProgress(plugin.StateDrained, res.cp.Progress)
-				s.high.Batches = max(s.high.Batches, res.cp.Batches)
-				s.high.Offset = max(s.high.Offset, res.cp.Offset)
-				c.Kill()
-				switch {
-				case res.cp.Done:
-					return outcome{final: true, status: StatusCompleted}
-				case cancelAfter:
-					return outcome{final: true, status: StatusCancelled, reason: "cancelled"}
-				case drain == drainPause:
-					return outcome{final: true, status: StatusPaused, reason: drainReason}
-				}
-				return outcome{restart: RestartGraceful, reason: drainReason}
-
-			case rpcCancel:
-				if res.err != nil && !errors.Is(res.err, plugin.ErrFinished) {
-					if c.Exited() {
-						continue
-					}
-					if errors.Is(res.err, context.DeadlineExceeded) {
-						return hang("Cancel", drainTimeout)
-					}
-					s.log.Warn().Err(res.err).Msg("runner Cancel")
-					c.KillNow()
-					return outcome{final: true, status: StatusCancelled, reason: "cancel failed: " + res.err.Error()}
-				}
-				// The runner's state says when it is done.
-			}
-
-		case <-cancelDeadline:
-			c.KillNow()
-			return outcome{final: true, status: StatusCancelled, reason: "runner did not stop within drain_timeout after Cancel"}
-
-		case <-s.ctrl:
-			pause, cancelReq, abort := s.takeControl()
-			if abort {
-				s.log.Warn().Msg("aborting: killing the runner without a drain")
-				c.KillNow()
-				return outcome{final: true, status: StatusPaused, reason: abortReason}
-			}
-			if cancelReq {
-				switch {
-				case drain != drainNone:
-					cancelAfter = true
-				case !cancelling:
-					s.log.Info().Msg("cancelling the job after the batch in flight")
-					startCancel()
-				}
-			}
-			if pause && !cancelling {
-				s.log.Info().Msg("pausing: draining the runner")
-				startDrain(drainPause, "paused")
-			}
-
-		case <-ctxDone:
-			ctxDone = nil
-			if !cancelling {
-				s.log.Info().Msg("stopping: draining the runner so that it commits its checkpoint")
-				startDrain(drainPause, "interrupted")
-			}
-		}
-	}
-}
-
-// pollStats calls Stats every interval, each call bounded by timeout,
-// until ctx is done.
-func (s *Supervisor) pollStats(ctx context.Context, r plugin.Runner, interval, timeout time.Duration, out chan<- statsResult) {
-	t := s.clock.NewTicker(interval)
-	defer t.Stop()
-	for {
-		cctx, cancel := context.WithTimeout(ctx, timeout)
-		st, err := r.Stats(cctx)
-		cancel()
-		select {
-		case out <- statsResult{st: st, err: err}:
-		case <-ctx.Done():
-			return
-		}
-		select {
-		case <-t.C():
-		case <-ctx.Done():
-			return
 		}
 	}
 }
@@ -948,19 +457,15 @@ func (s *Supervisor) memory(rss, heap uint64) Memory {
 	}
 }
 
-// memLog adds the original tool's memory fields to a log line:
-// heapUsedPercent is usage against the budget, heapTotalMB the runtime's
-// whole footprint (/memory/classes/total).
+// memLog adds the memory fields (internal/logkey) to a log line.
 func (s *Supervisor) memLog(ev *zerolog.Event, context string, m Memory) *zerolog.Event {
-	return ev.Str("context", context).
-		Float64("heapUsedMB", mb(m.Heap)).
-		Float64("heapTotalMB", mb(s.heapTotal)).
-		Float64("heapUsedPercent", round1(m.Percent)).
-		Float64("rssMB", mb(m.RSS)).
-		Float64("budgetMB", mb(m.Budget)).
-		Str("memoryLevel", string(m.Level))
+	return ev.Str(logkey.Context, context).
+		Float64(logkey.RSSMB, logkey.MB(m.RSS)).
+		Float64(logkey.HeapObjectsMB, logkey.MB(m.Heap)).
+		Float64(logkey.TotalMappedMB, logkey.MB(s.heapTotal)).
+		Float64(logkey.UsagePercent, round1(m.Percent)).
+		Float64(logkey.BudgetMB, logkey.MB(m.Budget)).
+		Str(logkey.MemoryLevel, string(m.Level))
 }
-
-func mb(b uint64) float64 { return round1(float64(b) / (1 << 20)) }
 
 func round1(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
