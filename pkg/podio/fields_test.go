@@ -86,6 +86,30 @@ func TestFlattenSkipsEmptyAndUnknown(t *testing.T) {
 	}
 }
 
+// A calculation without a result (a date calculation with no date) is
+// left out: mapped onto a writable field, a null would clear it. A date
+// calculation with a result flattens as a date, in UTC.
+func TestCalculationsNeverClear(t *testing.T) {
+	f := podio.Flatten([]podio.APIField{
+		{ExternalID: "none", Type: "calculation", Values: raws(`{"value":null}`)},
+		{ExternalID: "nodate", Type: "calculation", Values: raws(`{"start":null}`)},
+		{ExternalID: "when", Type: "calculation", Values: raws(`{"start":"2024-01-02 11:00:00","start_date":"2024-01-02","start_time":"11:00:00","start_utc":"2024-01-02 10:00:00"}`)},
+		{ExternalID: "txt", Type: "calculation", Values: raws(`{"value":"gold"}`)},
+	})
+	if _, ok := f["none"]; ok {
+		t.Errorf("a calculation without a result flattened to %s", f["none"])
+	}
+	if _, ok := f["nodate"]; ok {
+		t.Errorf("a date calculation without a date flattened to %s", f["nodate"])
+	}
+	if got := string(f["when"]); got != `{"start":"2024-01-02 10:00:00"}` {
+		t.Errorf("date calculation: %s", got)
+	}
+	if got := string(f["txt"]); got != `"gold"` {
+		t.Errorf("text calculation: %s", got)
+	}
+}
+
 // Options are matched by text between apps, never by id.
 func TestCategoryByText(t *testing.T) {
 	fd := &podio.FieldDef{ExternalID: "status", Type: "category",
