@@ -372,6 +372,7 @@ func (s Spec) Validate() error {
 			v.Add("field_mapping", "source and target field names must not be empty (%q: %q)", from, to)
 		}
 	}
+	s.validatePodioTransfer(&v)
 	s.Memory.validate(&v, "memory")
 	s.Inject.validate(&v)
 	return v.Err()

@@ -43,6 +43,83 @@ type Podio struct {
 	// RateWindow is the length of the API's rate-limit window, used to
 	// know when a spent quota comes back; 0 means 1h, Podio's window.
 	RateWindow Duration `json:"rate_window,omitempty"`
+	// Files and Comments copy each item's files (attachments and image
+	// fields) and comments. Target only; nil means true when the source
+	// is a Podio app too, and setting either otherwise is an error.
+	Files    *bool `json:"files,omitempty"`
+	Comments *bool `json:"comments,omitempty"`
+	// FilesConcurrency bounds the file transfers in flight, apart from
+	// the job's concurrency; 0 means 2.
+	FilesConcurrency int `json:"files_concurrency,omitempty"`
+	// ExternalIDFormat is the external_id written on every create, with
+	// {id} standing for the source item id; "" means "{id}". Items
+	// carrying "{id}" or "migrated-{id}" (the original tool's form) are
+	// recognized as well, whatever the format. Target only.
+	ExternalIDFormat string `json:"external_id_format,omitempty"`
+}
+
+// DefaultFilesConcurrency is the bound on file transfers in flight.
+const DefaultFilesConcurrency = 2
+
+// PodioCopiesFiles reports whether a job copies files: both ends are
+// Podio, and the target does not turn it off.
+func (s Spec) PodioCopiesFiles() bool {
+	return s.bothPodio() && (s.Target.Podio.Files == nil || *s.Target.Podio.Files)
+}
+
+// PodioCopiesComments reports whether a job copies comments.
+func (s Spec) PodioCopiesComments() bool {
+	return s.bothPodio() && (s.Target.Podio.Comments == nil || *s.Target.Podio.Comments)
+}
+
+func (s Spec) bothPodio() bool {
+	return s.Source.Type == TypePodio && s.Target.Type == TypePodio && s.Source.Podio != nil && s.Target.Podio != nil
+}
+
+// validatePodioTransfer checks the keys that need a Podio app at both
+// ends, naming each one that is set without.
+func (s Spec) validatePodioTransfer(v *Errors) {
+	for _, e := range []struct {
+		name string
+		ep   Endpoint
+	}{{"source", s.Source}, {"target", s.Target}} {
+		p := e.ep.Podio
+		if p == nil {
+			continue
+		}
+		for _, k := range []struct {
+			key string
+			set bool
+		}{{"files", p.Files != nil}, {"comments", p.Comments != nil}, {"files_concurrency", p.FilesConcurrency != 0}} {
+			if !k.set {
+				continue
+			}
+			switch {
+			case e.name == "source":
+				v.Add("source."+k.key, "applies to a podio target only")
+			case !s.bothPodio():
+				v.Add("target."+k.key, "applies only when source and target are both podio (source is %q, target is %q)", s.Source.Type, s.Target.Type)
+			}
+		}
+		if p.ExternalIDFormat != "" && e.name == "source" {
+			v.Add("source.external_id_format", "applies to a podio target only")
+		}
+	}
+	if p := s.Target.Podio; p != nil {
+		if p.FilesConcurrency < 0 || p.FilesConcurrency > 32 {
+			v.Add("target.files_concurrency", "must be between 1 and 32, or 0 for %d (got %d)", DefaultFilesConcurrency, p.FilesConcurrency)
+		}
+		if f := p.ExternalIDFormat; f != "" {
+			switch {
+			case strings.Count(f, "{id}") != 1:
+				v.Add("target.external_id_format", "must contain {id} exactly once (got %q)", f)
+			case len(f) > 64:
+				v.Add("target.external_id_format", "must be at most 64 characters (got %d)", len(f))
+			case strings.ContainsAny(f, "/?#%\\ \t\n"):
+				v.Add("target.external_id_format", "must not contain '/', '?', '#', '%%', '\\' or spaces (got %q)", f)
+			}
+		}
+	}
 }
 
 // PodioFilters are the source filters of the original tool: ranges of

@@ -51,3 +51,42 @@ func TestPodioValidation(t *testing.T) {
 		})
 	}
 }
+
+// files, comments, files_concurrency and external_id_format: defaults
+// when both ends are Podio, errors naming the field otherwise.
+func TestPodioTransferKeys(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		spec string
+		want string
+	}{
+		{"both podio, defaults", podioJob(okAuth, okAuth), ""},
+		{"both podio, set", podioJob(okAuth, okAuth+"  files: false\n  comments: true\n  files_concurrency: 4\n  external_id_format: \"migrated-{id}\"\n"), ""},
+		{"files with a jsonl source", "id: p\nsource: {type: jsonl, path: in.jsonl}\ntarget:\n  type: podio\n  app_id: 2\n" + okAuth + "  files: true\n",
+			"target.files: applies only when source and target are both podio"},
+		{"comments with a jsonl source", "id: p\nsource: {type: jsonl, path: in.jsonl}\ntarget:\n  type: podio\n  app_id: 2\n" + okAuth + "  comments: false\n",
+			"target.comments: applies only when source and target are both podio"},
+		{"files on a jsonl target", "id: p\nsource:\n  type: podio\n  app_id: 1\n" + okAuth + "target: {type: jsonl, path: out.jsonl, files: true}\n",
+			"target.files: applies only when source and target are both podio"},
+		{"files on the source", podioJob(okAuth+"  files: true\n", okAuth), "source.files: applies to a podio target only"},
+		{"concurrency", podioJob(okAuth, okAuth+"  files_concurrency: 99\n"), "target.files_concurrency: must be between 1 and 32"},
+		{"format without id", podioJob(okAuth, okAuth+"  external_id_format: \"migrated\"\n"), "target.external_id_format: must contain {id} exactly once"},
+		{"format with a slash", podioJob(okAuth, okAuth+"  external_id_format: \"a/{id}\"\n"), "target.external_id_format: must not contain"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := job.Parse(strings.NewReader(tc.spec))
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("got %v, want valid", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("got %v, want an error with %q", err, tc.want)
+			}
+			if tc.name == "both podio, defaults" && (!s.PodioCopiesFiles() || !s.PodioCopiesComments()) {
+				t.Errorf("files %v comments %v, want both true by default", s.PodioCopiesFiles(), s.PodioCopiesComments())
+			}
+			if tc.name == "both podio, set" && (s.PodioCopiesFiles() || !s.PodioCopiesComments()) {
+				t.Errorf("files %v comments %v, want false and true", s.PodioCopiesFiles(), s.PodioCopiesComments())
+			}
+		})
+	}
+}

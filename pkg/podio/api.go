@@ -94,7 +94,10 @@ type APIItem struct {
 	LastEventOn string     `json:"last_event_on"`
 	Tags        []string   `json:"tags"`
 	Fields      []APIField `json:"fields"`
-	App         struct {
+	// Files are the item's attachments; CommentCount its comments.
+	Files        []FileRef `json:"files"`
+	CommentCount int       `json:"comment_count"`
+	App          struct {
 		AppID int64 `json:"app_id"`
 	} `json:"app"`
 }
@@ -128,7 +131,7 @@ type FilterAnswer struct {
 func (c *Client) Filter(ctx context.Context, appID int64, fr FilterRequest) (*FilterAnswer, error) {
 	var ans FilterAnswer
 	path := fmt.Sprintf("/item/app/%d/filter/", appID)
-	if _, err := c.do(ctx, request{method: http.MethodPost, path: path, body: fr}, &ans); err != nil {
+	if _, err := c.do(ctx, request{method: http.MethodPost, path: path, body: fr, limited: true}, &ans); err != nil {
 		return nil, fmt.Errorf("filter items of podio app %d at offset %d: %w", appID, fr.Offset, err)
 	}
 	return &ans, nil
@@ -185,7 +188,9 @@ func (w WriteOptions) query() url.Values {
 // ItemWrite is the body of a create or an update.
 type ItemWrite struct {
 	ExternalID string         `json:"external_id,omitempty"`
-	Fields     map[string]any `json:"fields"`
+	Fields     map[string]any `json:"fields,omitempty"`
+	// FileIDs are uploaded files to attach, with the write itself.
+	FileIDs []int64 `json:"file_ids,omitempty"`
 }
 
 // createOnce posts a new item once: POST /item/app/{app_id}/. A failure

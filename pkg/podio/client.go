@@ -144,6 +144,8 @@ type request struct {
 	// once marks a call that must not be sent again when its outcome is
 	// unknown (a create): do returns an *uncertainError instead.
 	once bool
+	// limited marks a call of Podio's "Rate limited" tier.
+	limited bool
 }
 
 // uncertainError is a failed call that may have been carried out.
@@ -185,7 +187,7 @@ func (c *Client) do(ctx context.Context, r request, out any) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		t, err := c.gate.Wait(ctx)
+		t, err := c.gate.wait(ctx, r.limited)
 		if err != nil {
 			return 0, err
 		}
@@ -298,4 +300,57 @@ func isNotFound(err error) bool {
 		return errors.As(ie.Err, &ae) && ae.Status == http.StatusNotFound
 	}
 	return false
+}
+
+// stream sends one request whose body (if any) is read as it goes, and
+// returns the answer unread, for files: nothing is held whole. It
+// passes the token and the gate like do, but sends once: a failure is
+// returned, retryable or not, and the caller starts the transfer again.
+func (c *Client) stream(ctx context.Context, method, path, contentType string, body io.Reader, limited bool) (*http.Response, error) {
+	tok, err := c.tok.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t, err := c.gate.wait(ctx, limited)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		t.release()
+		return nil, err
+	}
+	req.Header.Set("Authorization", "OAuth2 "+tok)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		t.release()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, networkError(fmt.Errorf("%s %s: %w", method, path, err))
+	}
+	if resp.StatusCode < 300 {
+		t.observe(resp.StatusCode, resp.Header, 0)
+		return resp, nil
+	}
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	ae := parseAPIError(resp.StatusCode, data)
+	var wait time.Duration
+	if isRateLimit(resp.StatusCode) {
+		if wait, _ = retryAfter(ae, resp.Header, c.now()); wait <= 0 {
+			wait = c.boInit
+		}
+	}
+	t.observe(resp.StatusCode, resp.Header, wait)
+	if ae.expired() {
+		c.tok.invalidate(tok)
+		ie := Classify(ae)
+		ie.Retryable = true
+		return nil, fmt.Errorf("%s %s: %w", method, path, ie)
+	}
+	return nil, fmt.Errorf("%s %s: %w", method, path, Classify(ae))
 }

@@ -56,14 +56,59 @@ var writable = map[string]bool{
 //
 // A field without values is left out, and so is a type the connector
 // does not carry (image, file, embed, ...).
-func Flatten(fields []APIField) connector.Fields {
+func Flatten(fields []APIField) connector.Fields { return flatten(fields, flatOptions{}) }
+
+// flatOptions are what a Podio source adds to Flatten.
+type flatOptions struct {
+	// images flattens image fields to their files, [{"file_id","name",
+	// "size"}], for a target that copies them.
+	images bool
+	// byID keys these fields by their decimal field id instead of their
+	// external_id, for a field_mapping or match field that names Podio
+	// field ids, as the original tool's mappings do.
+	byID map[int64]bool
+}
+
+func flatten(fields []APIField, o flatOptions) connector.Fields {
 	out := make(connector.Fields, len(fields))
 	for _, f := range fields {
-		if v, ok := flattenField(f); ok {
+		var v json.RawMessage
+		var ok bool
+		if f.Type == TypeImage {
+			v, ok = flattenImage(f, o.images)
+		} else {
+			v, ok = flattenField(f)
+		}
+		if !ok {
+			continue
+		}
+		if o.byID[f.FieldID] {
+			out[strconv.FormatInt(f.FieldID, 10)] = v
+		} else {
 			out[f.ExternalID] = v
 		}
 	}
 	return out
+}
+
+func flattenImage(f APIField, on bool) (json.RawMessage, bool) {
+	if !on {
+		return nil, false
+	}
+	refs := []FileRef{}
+	for _, raw := range f.Values {
+		var v struct {
+			Value FileRef `json:"value"`
+		}
+		if json.Unmarshal(raw, &v) == nil && v.Value.FileID > 0 {
+			refs = append(refs, v.Value)
+		}
+	}
+	if len(refs) == 0 {
+		return nil, false
+	}
+	b, err := json.Marshal(refs)
+	return b, err == nil
 }
 
 type rawValue struct {
@@ -76,8 +121,16 @@ type rawValue struct {
 	EndTime   *string         `json:"end_time"`
 	Start     string          `json:"start"`
 	End       string          `json:"end"`
-	Lat       *float64        `json:"lat"`
-	Lng       *float64        `json:"lng"`
+	// The same in UTC, where Podio gives them: a time in the local forms
+	// above is in the user's zone.
+	StartDateUTC string   `json:"start_date_utc"`
+	StartTimeUTC *string  `json:"start_time_utc"`
+	StartUTC     string   `json:"start_utc"`
+	EndDateUTC   string   `json:"end_date_utc"`
+	EndTimeUTC   *string  `json:"end_time_utc"`
+	EndUTC       string   `json:"end_utc"`
+	Lat          *float64 `json:"lat"`
+	Lng          *float64 `json:"lng"`
 }
 
 func flattenField(f APIField) (json.RawMessage, bool) {
@@ -99,12 +152,30 @@ func flattenField(f APIField) (json.RawMessage, bool) {
 			return nil, false
 		}
 		out = s
-	case TypeNumber, TypeCalculation:
+	case TypeNumber:
 		n, ok := decimal(vals[0].Value)
 		if !ok {
-			return vals[0].Value, true // a text or date calculation
+			return nil, false
 		}
 		out = json.RawMessage(n)
+	case TypeCalculation:
+		// A calculation is read, never written (it is read-only in every
+		// app). A calculation without a result is left out, so that it
+		// cannot clear the field it is mapped to.
+		v := vals[0]
+		if n, ok := decimal(v.Value); ok {
+			out = json.RawMessage(n)
+			break
+		}
+		if d, ok := flatDate(v); ok {
+			out = d
+			break
+		}
+		var s string
+		if json.Unmarshal(v.Value, &s) != nil || s == "" {
+			return nil, false
+		}
+		out = s
 	case TypeMoney:
 		n, ok := decimal(vals[0].Value)
 		if !ok {
@@ -112,10 +183,9 @@ func flattenField(f APIField) (json.RawMessage, bool) {
 		}
 		out = map[string]string{"value": moneyString(n), "currency": vals[0].Currency}
 	case TypeDate:
-		v := vals[0]
-		d := map[string]string{"start": joinDate(v.StartDate, v.StartTime, v.Start)}
-		if e := joinDate(v.EndDate, v.EndTime, v.End); e != "" && e != d["start"] {
-			d["end"] = e
+		d, ok := flatDate(vals[0])
+		if !ok {
+			return nil, false
 		}
 		out = d
 	case TypeCategory, TypeQuestion:
@@ -226,6 +296,34 @@ func moneyString(n string) string {
 	return whole + "." + frac
 }
 
+// flatDate is a date value's flat form: a date without a time as
+// "YYYY-MM-DD" (it has no zone), a time in UTC from the *_utc keys when
+// Podio gives them, else the local form as it is.
+func flatDate(v rawValue) (map[string]string, bool) {
+	start := pickDate(v.StartDate, v.StartTime, v.Start, v.StartDateUTC, v.StartTimeUTC, v.StartUTC)
+	if start == "" {
+		return nil, false
+	}
+	d := map[string]string{"start": start}
+	if e := pickDate(v.EndDate, v.EndTime, v.End, v.EndDateUTC, v.EndTimeUTC, v.EndUTC); e != "" && e != start {
+		d["end"] = e
+	}
+	return d, true
+}
+
+func pickDate(date string, tm *string, whole, dateUTC string, tmUTC *string, wholeUTC string) string {
+	hasTime := tm != nil && *tm != "" || tmUTC != nil && *tmUTC != ""
+	switch {
+	case !hasTime && date != "":
+		return date
+	case wholeUTC != "":
+		return wholeUTC
+	case dateUTC != "":
+		return joinDate(dateUTC, tmUTC, "")
+	}
+	return joinDate(date, tm, whole)
+}
+
 func joinDate(date string, tm *string, whole string) string {
 	if date == "" {
 		return whole
@@ -295,17 +393,29 @@ func unflatten(ctx context.Context, f *FieldDef, raw json.RawMessage, resolve re
 		}
 		return map[string]any{"value": moneyString(strconv.FormatFloat(n, 'f', -1, 64)), "currency": cur}, nil
 	case TypeDate:
+		// Flat dates are UTC, and written as such (start_utc), so that
+		// the user's zone cannot shift them; a date without a time has
+		// no zone and is written as a date.
+		put := func(out map[string]any, k, s string) {
+			if len(strings.TrimSpace(s)) <= len("2006-01-02") {
+				out[k+"_date"] = strings.TrimSpace(s)
+			} else {
+				out[k+"_utc"] = s
+			}
+		}
 		switch x := v.(type) {
 		case string:
-			return map[string]any{"start": x}, nil
+			out := map[string]any{}
+			put(out, "start", x)
+			return out, nil
 		case map[string]any:
 			out := map[string]any{}
 			for _, k := range []string{"start", "end"} {
 				if s, ok := x[k].(string); ok && s != "" {
-					out[k] = s
+					put(out, k, s)
 				}
 			}
-			if out["start"] == nil {
+			if out["start_date"] == nil && out["start_utc"] == nil {
 				return nil, validationError("field %s: a date needs a start (got %s)", f.ExternalID, short(raw))
 			}
 			return out, nil
@@ -538,6 +648,14 @@ func newFieldIndex(app *AppDef, sourceLabels map[string]string) *fieldIndex {
 func (ix *fieldIndex) resolve(name string) *FieldDef {
 	if f := ix.byExt[name]; f != nil {
 		return f
+	}
+	if digits(name) {
+		// A Podio field id, as the original tool's mappings give them.
+		for i := range ix.app.Fields {
+			if strconv.FormatInt(ix.app.Fields[i].FieldID, 10) == name {
+				return &ix.app.Fields[i]
+			}
+		}
 	}
 	if l, ok := ix.sourceLabels[name]; ok {
 		if f := ix.byLabel[strings.ToLower(strings.TrimSpace(l))]; f != nil {

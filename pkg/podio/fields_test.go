@@ -36,7 +36,11 @@ func TestFieldConversion(t *testing.T) {
 		{"number", `[{"value":"12.5000"}]`, `12.5`, `12.5`, "12.5"},
 		{"money", `[{"value":"12.5000","currency":"EUR"}]`, `{"currency":"EUR","value":"12.50"}`, `{"currency":"EUR","value":"12.50"}`, "12.50"},
 		{"date", `[{"start":"2024-01-02 10:00:00","start_date":"2024-01-02","start_time":"10:00:00","end":"2024-01-03 00:00:00","end_date":"2024-01-03","end_time":null}]`,
-			`{"end":"2024-01-03","start":"2024-01-02 10:00:00"}`, `{"end":"2024-01-03","start":"2024-01-02 10:00:00"}`, ""},
+			`{"end":"2024-01-03","start":"2024-01-02 10:00:00"}`, `{"end_date":"2024-01-03","start_utc":"2024-01-02 10:00:00"}`, ""},
+		// Podio answers times in the user's zone and in UTC; the flat form
+		// is UTC, and it is written back as UTC.
+		{"date", `[{"start":"2024-01-02 11:00:00","start_date":"2024-01-02","start_time":"11:00:00","start_utc":"2024-01-02 10:00:00","start_date_utc":"2024-01-02","start_time_utc":"10:00:00"}]`,
+			`{"start":"2024-01-02 10:00:00"}`, `{"start_utc":"2024-01-02 10:00:00"}`, ""},
 		{"category", `[{"value":{"id":1,"text":"Open","status":"active"}},{"value":{"id":2,"text":"Won"}}]`, `["Open","Won"]`, `[9,8]`, "open,won"},
 		{"question", `[{"value":{"id":3,"text":"Lost"}}]`, `["Lost"]`, `[7]`, "lost"},
 		{"app", `[{"value":{"item_id":100,"title":"x","app":{"app_id":1}}}]`, `[{"item_id":100}]`, `[900]`, "100"},
@@ -79,6 +83,30 @@ func TestFlattenSkipsEmptyAndUnknown(t *testing.T) {
 	})
 	if len(f) != 1 || string(f["calc"]) != "4" {
 		t.Fatalf("got %v, want only calc=4", f)
+	}
+}
+
+// A calculation without a result (a date calculation with no date) is
+// left out: mapped onto a writable field, a null would clear it. A date
+// calculation with a result flattens as a date, in UTC.
+func TestCalculationsNeverClear(t *testing.T) {
+	f := podio.Flatten([]podio.APIField{
+		{ExternalID: "none", Type: "calculation", Values: raws(`{"value":null}`)},
+		{ExternalID: "nodate", Type: "calculation", Values: raws(`{"start":null}`)},
+		{ExternalID: "when", Type: "calculation", Values: raws(`{"start":"2024-01-02 11:00:00","start_date":"2024-01-02","start_time":"11:00:00","start_utc":"2024-01-02 10:00:00"}`)},
+		{ExternalID: "txt", Type: "calculation", Values: raws(`{"value":"gold"}`)},
+	})
+	if _, ok := f["none"]; ok {
+		t.Errorf("a calculation without a result flattened to %s", f["none"])
+	}
+	if _, ok := f["nodate"]; ok {
+		t.Errorf("a date calculation without a date flattened to %s", f["nodate"])
+	}
+	if got := string(f["when"]); got != `{"start":"2024-01-02 10:00:00"}` {
+		t.Errorf("date calculation: %s", got)
+	}
+	if got := string(f["txt"]); got != `"gold"` {
+		t.Errorf("text calculation: %s", got)
 	}
 }
 

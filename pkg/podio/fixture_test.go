@@ -168,7 +168,7 @@ type emuProc struct {
 	url string
 }
 
-func startEmuProc(t *testing.T, n int, flags ...string) *emuProc {
+func startEmuProc(t testing.TB, n int, flags ...string) *emuProc {
 	t.Helper()
 	bin := testbin.Path(t, "podio-emulator")
 	dir := t.TempDir()

@@ -26,20 +26,37 @@ import (
 // Window after that answer arrived, which is never earlier than the true
 // end. A gate that starts in the middle of a window does not know its end
 // until a 420 names it.
+//
+// Podio has two tiers: every call counts against the general limit, and
+// the calls its reference marks "Rate limited" also against a lower one;
+// X-Rate-Limit-Limit is the ceiling of the call just made. The gate keeps
+// one bucket per tier, learned from the answers of that tier's calls, and
+// holds a call while any bucket it draws on is spent (once either limit
+// is hit, Podio refuses every call).
 type Gate struct {
 	window  time.Duration
 	reserve int
 	now     func() time.Time
 
-	mu        sync.Mutex
+	mu      sync.Mutex
+	buckets [2]bucket // general, limited
+	blocked time.Time
+	hits    int64
+}
+
+// bucket is what the gate knows of one tier's quota.
+type bucket struct {
 	limit     int // 0: unknown
 	remaining int
 	winEnd    time.Time
-	blocked   time.Time
 	inflight  int
 	lastStart time.Time
-	hits      int64
 }
+
+const (
+	tierGeneral = 0
+	tierLimited = 1
+)
 
 // NewGate returns a gate for a quota window of the given length (Podio's
 // is one hour).
@@ -56,20 +73,30 @@ func NewGate(window time.Duration, now func() time.Time) *Gate {
 // ticket is one call let through by the gate.
 type ticket struct {
 	g        *Gate
-	inflight int // calls in flight when this one was sent, itself included
+	limited  bool
+	inflight int // calls of its tier in flight when it was sent, itself included
 	done     bool
 }
 
-// Wait blocks until a call may go, or ctx is done.
-func (g *Gate) Wait(ctx context.Context) (*ticket, error) {
+// Wait blocks until a call of the general tier may go, or ctx is done.
+func (g *Gate) Wait(ctx context.Context) (*ticket, error) { return g.wait(ctx, false) }
+
+// wait blocks until a call may go; a limited call draws on both tiers.
+func (g *Gate) wait(ctx context.Context, limited bool) (*ticket, error) {
 	for {
 		g.mu.Lock()
 		now := g.now()
-		until := g.holdLocked(now)
+		until := g.holdLocked(now, &g.buckets[tierGeneral])
+		if limited && until.IsZero() {
+			until = g.holdLocked(now, &g.buckets[tierLimited])
+		}
 		if until.IsZero() {
-			g.inflight++
-			g.lastStart = now
-			t := &ticket{g: g, inflight: g.inflight}
+			t := &ticket{g: g, limited: limited}
+			for _, b := range g.drawn(limited) {
+				b.inflight++
+				b.lastStart = now
+			}
+			t.inflight = g.own(limited).inflight
 			g.mu.Unlock()
 			return t, nil
 		}
@@ -81,26 +108,40 @@ func (g *Gate) Wait(ctx context.Context) (*ticket, error) {
 	}
 }
 
-// holdLocked returns when the next call may go, or zero for now.
-func (g *Gate) holdLocked(now time.Time) time.Time {
+func (g *Gate) drawn(limited bool) []*bucket {
+	if limited {
+		return []*bucket{&g.buckets[tierGeneral], &g.buckets[tierLimited]}
+	}
+	return []*bucket{&g.buckets[tierGeneral]}
+}
+
+func (g *Gate) own(limited bool) *bucket {
+	if limited {
+		return &g.buckets[tierLimited]
+	}
+	return &g.buckets[tierGeneral]
+}
+
+// holdLocked returns when the next call on b may go, or zero for now.
+func (g *Gate) holdLocked(now time.Time, b *bucket) time.Time {
 	if now.Before(g.blocked) {
 		return g.blocked
 	}
-	if g.limit <= 0 {
+	if b.limit <= 0 {
 		return time.Time{}
 	}
-	budget := g.remaining - g.inflight - g.reserve
+	budget := b.remaining - b.inflight - g.reserve
 	if budget <= 0 {
-		if !g.winEnd.IsZero() && now.Before(g.winEnd) {
-			return g.winEnd
+		if !b.winEnd.IsZero() && now.Before(b.winEnd) {
+			return b.winEnd
 		}
-		if g.inflight == 0 {
+		if b.inflight == 0 {
 			return time.Time{} // a probe
 		}
 		return now.Add(20 * time.Millisecond)
 	}
-	if !g.winEnd.IsZero() && now.Before(g.winEnd) && budget < g.limit/10 {
-		next := g.lastStart.Add(g.winEnd.Sub(now) / time.Duration(budget+1))
+	if !b.winEnd.IsZero() && now.Before(b.winEnd) && budget < b.limit/10 {
+		next := b.lastStart.Add(b.winEnd.Sub(now) / time.Duration(budget+1))
 		if now.Before(next) {
 			return next
 		}
@@ -116,7 +157,9 @@ func (t *ticket) observe(status int, h http.Header, wait time.Duration) {
 	defer g.mu.Unlock()
 	if !t.done {
 		t.done = true
-		g.inflight--
+		for _, b := range g.drawn(t.limited) {
+			b.inflight--
+		}
 	}
 	now := g.now()
 	if isRateLimit(status) {
@@ -133,22 +176,29 @@ func (t *ticket) observe(status int, h http.Header, wait time.Duration) {
 	if err1 != nil || err2 != nil || limit <= 0 {
 		return
 	}
-	g.limit = limit
+	b := g.own(t.limited)
+	if t.limited && status < 300 {
+		// The general tier counted this call too, unseen.
+		if gb := &g.buckets[tierGeneral]; gb.limit > 0 && gb.remaining > 0 {
+			gb.remaining--
+		}
+	}
+	b.limit = limit
 	if isRateLimit(status) && rem == 0 && wait > 0 {
 		// A spent quota: the wait names the window's end.
-		g.winEnd = maxTime(g.winEnd, now.Add(wait))
-		g.remaining = 0
+		b.winEnd = maxTime(b.winEnd, now.Add(wait))
+		b.remaining = 0
 		return
 	}
 	fresh := rem >= limit-t.inflight-1
 	switch {
-	case fresh && (g.winEnd.IsZero() || now.After(g.winEnd.Add(-g.window/2))):
-		g.winEnd = now.Add(g.window)
-		g.remaining = rem
-	case !g.winEnd.IsZero() && now.Before(g.winEnd):
-		g.remaining = min(g.remaining, rem)
+	case fresh && (b.winEnd.IsZero() || now.After(b.winEnd.Add(-g.window/2))):
+		b.winEnd = now.Add(g.window)
+		b.remaining = rem
+	case !b.winEnd.IsZero() && now.Before(b.winEnd):
+		b.remaining = min(b.remaining, rem)
 	default:
-		g.remaining = rem
+		b.remaining = rem
 	}
 }
 
@@ -163,10 +213,14 @@ func (g *Gate) Until() time.Time {
 	if now.Before(g.blocked) {
 		return g.blocked
 	}
-	if g.limit > 0 && g.remaining-g.inflight-g.reserve <= 0 && now.Before(g.winEnd) {
-		return g.winEnd
+	var until time.Time
+	for i := range g.buckets {
+		b := &g.buckets[i]
+		if b.limit > 0 && b.remaining-b.inflight-g.reserve <= 0 && now.Before(b.winEnd) {
+			until = maxTime(until, b.winEnd)
+		}
 	}
-	return time.Time{}
+	return until
 }
 
 // Hits is the number of 420 and 429 answers seen.

@@ -33,7 +33,23 @@ func OpenJobSource(ctx context.Context, spec job.Spec, log zerolog.Logger) (*Sou
 	if err != nil {
 		return nil, fmt.Errorf("open podio source: %w", err)
 	}
-	return NewSource(SourceOptions{Client: c, AppID: p.AppID, PageSize: p.PageSize, Filters: p.Filters, Logger: log}), nil
+	return NewSource(SourceOptions{Client: c, AppID: p.AppID, PageSize: p.PageSize, Filters: p.Filters,
+		Files: spec.PodioCopiesFiles(), Comments: spec.PodioCopiesComments(), FieldIDs: fieldIDNames(spec), Logger: log}), nil
+}
+
+// fieldIDNames lists the source field names of the job that are Podio
+// field ids (digits): field_mapping keys and the match field.
+func fieldIDNames(spec job.Spec) []string {
+	var out []string
+	for k := range spec.FieldMapping {
+		if digits(k) {
+			out = append(out, k)
+		}
+	}
+	if digits(spec.Match.SourceField) {
+		out = append(out, spec.Match.SourceField)
+	}
+	return out
 }
 
 // OpenJobTarget opens the podio target of a job, and checks the job's
@@ -49,11 +65,18 @@ func OpenJobTarget(ctx context.Context, spec job.Spec, log zerolog.Logger) (*Tar
 		return nil, fmt.Errorf("open podio target: %w", err)
 	}
 	var labels map[string]string
+	var srcClient *Client
 	if spec.Source.Type == job.TypePodio && spec.Source.Podio != nil {
 		src, err := OpenJobSource(ctx, spec, log)
 		if err == nil {
 			labels, err = src.Labels(ctx)
-			src.Close()
+			if spec.PodioCopiesFiles() || spec.PodioCopiesComments() {
+				// Kept: files are downloaded and comments read with the
+				// source's own credentials and quota.
+				srcClient = src.c
+			} else {
+				src.Close()
+			}
 		}
 		if err != nil {
 			log.Warn().Err(err).Msg("read the source app's labels; fields are matched by external_id and the target's labels only")
@@ -73,10 +96,15 @@ func OpenJobTarget(ctx context.Context, spec job.Spec, log zerolog.Logger) (*Tar
 	t, err := OpenTarget(ctx, TargetOptions{
 		Client: c, AppID: p.AppID, Write: w, PageSize: p.PageSize, SourceLabels: labels,
 		FieldMapping: spec.FieldMapping, MatchField: match,
-		NeedFinder: spec.Memory.CacheMaxEntries > 0, Logger: log,
+		NeedFinder: spec.Memory.CacheMaxEntries > 0, SourceClient: srcClient,
+		Files: spec.PodioCopiesFiles() && srcClient != nil, Comments: spec.PodioCopiesComments() && srcClient != nil,
+		FilesConcurrency: p.FilesConcurrency, ExternalIDFormat: p.ExternalIDFormat, Logger: log,
 	})
 	if err != nil {
 		c.Close()
+		if srcClient != nil {
+			srcClient.Close()
+		}
 		return nil, err
 	}
 	return t, nil

@@ -2,8 +2,10 @@ package podio
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -20,6 +22,13 @@ type SourceOptions struct {
 	// means 500.
 	PageSize int
 	Filters  *job.PodioFilters
+	// Files and Comments hand the target what it needs to copy them: the
+	// files in CarryField and image fields, and the comment count.
+	Files    bool
+	Comments bool
+	// FieldIDs are names of the job's field_mapping and match field that
+	// are Podio field ids; those fields are keyed by id.
+	FieldIDs []string
 	Logger   zerolog.Logger
 }
 
@@ -30,6 +39,9 @@ type Source struct {
 	appID   int64
 	page    int
 	filters map[string]any
+	files   bool
+	comment bool
+	flat    flatOptions
 	log     zerolog.Logger
 }
 
@@ -45,7 +57,36 @@ func NewSource(o SourceOptions) *Source {
 	if page <= 0 || page > job.PodioMaxPageSize {
 		page = job.PodioMaxPageSize
 	}
-	return &Source{c: o.Client, appID: o.AppID, page: page, filters: FilterMap(o.Filters), log: o.Logger}
+	s := &Source{c: o.Client, appID: o.AppID, page: page, filters: FilterMap(o.Filters), log: o.Logger,
+		files: o.Files, comment: o.Comments, flat: flatOptions{images: o.Files}}
+	for _, name := range o.FieldIDs {
+		if n, err := strconv.ParseInt(name, 10, 64); err == nil && n > 0 {
+			if s.flat.byID == nil {
+				s.flat.byID = map[int64]bool{}
+			}
+			s.flat.byID[n] = true
+		}
+	}
+	return s
+}
+
+// item turns an API item into the connector's, with CarryField when
+// files or comments are copied.
+func (s *Source) item(it *APIItem) connector.Item {
+	f := flatten(it.Fields, s.flat)
+	if s.files || s.comment {
+		c := carried{ItemID: it.ItemID}
+		if s.files {
+			c.Files = it.Files
+		}
+		if s.comment {
+			c.Comments = it.CommentCount
+		}
+		if b, err := json.Marshal(c); err == nil {
+			f[CarryField] = b
+		}
+	}
+	return connector.Item{ID: it.ItemID, Fields: f}
 }
 
 // FilterMap is the filters part of a filter request for the job's
@@ -93,11 +134,8 @@ func (s *Source) Read(ctx context.Context, cur connector.Cursor, limit int) ([]c
 		if err != nil {
 			return recs, next, err
 		}
-		for _, it := range ans.Items {
-			recs = append(recs, connector.Record{
-				Pos:  next,
-				Item: connector.Item{ID: it.ItemID, Fields: Flatten(it.Fields)},
-			})
+		for i := range ans.Items {
+			recs = append(recs, connector.Record{Pos: next, Item: s.item(&ans.Items[i])})
 			next.Index++
 		}
 		if len(ans.Items) < n {
@@ -133,7 +171,7 @@ func (s *Source) GetItem(ctx context.Context, id int64) (connector.Item, error) 
 	if it.App.AppID != 0 && it.App.AppID != s.appID {
 		return connector.Item{}, fmt.Errorf("read podio item %d: it is in app %d, not the source app %d", id, it.App.AppID, s.appID)
 	}
-	return connector.Item{ID: it.ItemID, Fields: Flatten(it.Fields)}, nil
+	return s.item(it), nil
 }
 
 // Labels maps the source app's field external ids to their labels, for

@@ -2,6 +2,7 @@ package podio
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -36,7 +37,19 @@ type TargetOptions struct {
 	// NeedFinder says the match cache is bounded, so FindByMatch must
 	// work for MatchField.
 	NeedFinder bool
-	Logger     zerolog.Logger
+	// SourceClient reaches the source app, for files and comments; nil
+	// when the source is not a Podio app.
+	SourceClient *Client
+	// Files copies attachments and image fields; Comments copies
+	// comments. Both need SourceClient.
+	Files    bool
+	Comments bool
+	// FilesConcurrency bounds the file transfers in flight; 0 means 2.
+	FilesConcurrency int
+	// ExternalIDFormat is the external_id of a create, {id} standing for
+	// the source item id; "" means "{id}".
+	ExternalIDFormat string
+	Logger           zerolog.Logger
 }
 
 // pendingWait bounds the wait of a reference for a create in flight.
@@ -61,6 +74,15 @@ type Target struct {
 	// pending holds the creates in flight by external id; a reference to
 	// one of them waits for it (at most pendingWait).
 	pending map[string]chan struct{}
+	// unfinished holds items this process created whose comments are not
+	// all copied yet, by source id: a retried Create finishes them
+	// instead of creating them again.
+	unfinished map[string]int64
+
+	srcClient *Client
+	mover     *mover // nil: files are not copied
+	comments  bool
+	ext       extFormat
 }
 
 type refKey struct{ app, src int64 }
@@ -84,7 +106,14 @@ func OpenTarget(ctx context.Context, o TargetOptions) (*Target, error) {
 	}
 	t := &Target{c: o.Client, appID: o.AppID, write: o.Write, page: page, log: o.Logger,
 		ix: newFieldIndex(def, o.SourceLabels), refs: map[refKey]int64{}, warned: map[string]bool{},
-		pending: map[string]chan struct{}{}}
+		pending: map[string]chan struct{}{}, unfinished: map[string]int64{},
+		srcClient: o.SourceClient, ext: newExtFormat(o.ExternalIDFormat)}
+	if o.SourceClient != nil {
+		if o.Files {
+			t.mover = newMover(o.SourceClient, o.Client, o.FilesConcurrency, o.Logger)
+		}
+		t.comments = o.Comments
+	}
 	var problems []string
 	srcs := make([]string, 0, len(o.FieldMapping))
 	for s := range o.FieldMapping {
@@ -184,9 +213,9 @@ func (t *Target) Scan(ctx context.Context, since connector.Mark, fn func(connect
 			if it.ItemID <= int64(since) {
 				continue
 			}
-			ext := ""
-			if it.ExternalID != nil {
-				ext = *it.ExternalID
+			ext, err := t.adopt(ctx, it)
+			if err != nil {
+				return connector.Mark(mark), err
 			}
 			if err := fn(connector.TargetItem{ID: it.ItemID, ExternalID: ext, Fields: Flatten(it.Fields)}); err != nil {
 				return connector.Mark(mark), err
@@ -202,15 +231,24 @@ func (t *Target) Scan(ctx context.Context, since connector.Mark, fn func(connect
 	return connector.Mark(mark), nil
 }
 
-// Create writes a new item with externalID. A create whose answer was
+// Create writes a new item for source item externalID, with the
+// external_id the job's format makes of it. A create whose answer was
 // lost (a reset, a timeout, a 5xx) may have been made: before it is sent
-// again, the item is looked up by externalID, and if it is there its id
-// is returned. Create fails only when the item is known not to exist, or
-// when that could not be found out (ErrOutcomeUnknown).
+// again, the item is looked up by that external_id, and if it is there
+// its id is returned. Create fails only when the item is known not to
+// exist, or when that could not be found out (ErrOutcomeUnknown).
+//
+// The source item's files (CarryField) are uploaded first and attached by
+// the create itself (file_ids), so they are attached exactly when the
+// item is made; an item with comments is created unfinished (its
+// external_id ends in pendingSuffix), its comments are copied, and then
+// its external_id is set. A kill in between leaves an unfinished item,
+// which the next Scan finishes.
 func (t *Target) Create(ctx context.Context, externalID string, f connector.Fields) (int64, error) {
 	done := make(chan struct{})
 	t.mu.Lock()
 	t.pending[externalID] = done
+	id, unfinished := t.unfinished[externalID]
 	t.mu.Unlock()
 	defer func() {
 		t.mu.Lock()
@@ -218,11 +256,91 @@ func (t *Target) Create(ctx context.Context, externalID string, f connector.Fiel
 		t.mu.Unlock()
 		close(done)
 	}()
-	w, err := t.convert(ctx, externalID, f)
+	meta, f, err := takeCarried(f)
 	if err != nil {
 		return 0, err
 	}
-	w.ExternalID = externalID
+	final := t.ext.format(externalID)
+	if unfinished && meta != nil {
+		return id, t.finish(ctx, id, meta.ItemID, final)
+	}
+	w, err := t.convert(ctx, externalID, f, nil)
+	if err != nil {
+		return 0, err
+	}
+	if meta != nil && t.mover != nil {
+		for _, fr := range meta.Files {
+			nid, err := t.mover.copy(ctx, fr)
+			if err != nil {
+				return 0, fmt.Errorf("create podio item for source item %s: %w", externalID, err)
+			}
+			w.FileIDs = append(w.FileIDs, nid)
+		}
+	}
+	w.ExternalID = final
+	withComments := meta != nil && t.comments && meta.Comments > 0
+	if withComments {
+		w.ExternalID = final + pendingSuffix
+	}
+	id, err = t.createSure(ctx, externalID, w)
+	if err != nil {
+		return 0, err
+	}
+	if withComments {
+		t.mu.Lock()
+		t.unfinished[externalID] = id
+		t.mu.Unlock()
+		if err := t.finish(ctx, id, meta.ItemID, final); err != nil {
+			return 0, err
+		}
+	}
+	return id, nil
+}
+
+// finish copies the comments of an unfinished item and then gives it its
+// final external_id.
+func (t *Target) finish(ctx context.Context, id, src int64, final string) error {
+	if t.srcClient != nil && t.comments {
+		if err := t.copyComments(ctx, src, id); err != nil {
+			return fmt.Errorf("finish podio item %d (source item %d): %w", id, src, err)
+		}
+	}
+	if err := t.c.UpdateItem(ctx, id, ItemWrite{ExternalID: final}, t.write); err != nil {
+		return fmt.Errorf("finish podio item %d (source item %d): %w", id, src, err)
+	}
+	t.mu.Lock()
+	delete(t.unfinished, strconv.FormatInt(src, 10))
+	t.mu.Unlock()
+	return nil
+}
+
+// adopt reads a target item's external_id for the batcher: the id of the
+// source item it was made from, in any of the forms extFormat.parse
+// recognizes (so that items the original tool created, or an earlier
+// run with another format, are not created again). An unfinished item is
+// finished first.
+func (t *Target) adopt(ctx context.Context, it APIItem) (string, error) {
+	if it.ExternalID == nil {
+		return "", nil
+	}
+	src, pending, ok := t.ext.parse(*it.ExternalID)
+	if !ok {
+		return *it.ExternalID, nil
+	}
+	if pending {
+		n, _ := strconv.ParseInt(src, 10, 64)
+		t.log.Info().Int64("item_id", it.ItemID).Str("external_id", *it.ExternalID).
+			Msg("finishing an item whose comments were being copied when the last run stopped")
+		if err := t.finish(ctx, it.ItemID, n, t.ext.format(src)); err != nil {
+			return "", err
+		}
+	}
+	return src, nil
+}
+
+// createSure sends a create, and resolves a lost answer by looking the
+// item up by the external_id it was sent with.
+func (t *Target) createSure(ctx context.Context, externalID string, w ItemWrite) (int64, error) {
 	bo := t.c.newBackoff()
 	for attempt := 1; ; attempt++ {
 		id, err := t.c.createOnce(ctx, t.appID, w, t.write)
@@ -237,13 +355,13 @@ func (t *Target) Create(ctx context.Context, externalID string, f connector.Fiel
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
 		}
-		id, found, lerr := t.lookupSure(ctx, externalID)
+		id, found, lerr := t.lookupSure(ctx, w.ExternalID)
 		if lerr != nil {
 			return 0, &connector.ItemError{Category: connector.CategoryNetwork, Retryable: true,
 				Err: fmt.Errorf("create podio item for source item %s: %w: %v; then %v", externalID, ErrOutcomeUnknown, ue.err, lerr)}
 		}
 		if found {
-			t.log.Info().Str("external_id", externalID).Int64("item_id", id).Err(ue.err).
+			t.log.Info().Str("external_id", w.ExternalID).Int64("item_id", id).Err(ue.err).
 				Msg("the answer to a create was lost, but the item was made; found it by external_id")
 			t.noteCreated(externalID, id)
 			return id, nil
@@ -251,7 +369,7 @@ func (t *Target) Create(ctx context.Context, externalID string, f connector.Fiel
 		if attempt >= t.c.maxAttempts {
 			return 0, fmt.Errorf("create podio item for source item %s after %d attempts: %w", externalID, attempt, ue.err)
 		}
-		t.log.Debug().Str("external_id", externalID).Err(ue.err).Msg("create failed and the item is not there; creating it again")
+		t.log.Debug().Str("external_id", w.ExternalID).Err(ue.err).Msg("create failed and the item is not there; creating it again")
 		if err := sleep(ctx, bo.NextBackOff()); err != nil {
 			return 0, err
 		}
@@ -300,12 +418,103 @@ func (t *Target) rememberRef(k refKey, id int64) {
 
 // Update writes the given fields of an existing item. 200 and 204 are
 // both success.
+//
+// With files on, the source item's files are copied unless the item
+// already has a file of the same name and size, and attached with POST
+// /file/{id}/attach; with comments on, the comments it lacks are copied.
+// A redone update (after a kill) finds what the first one did and does
+// not repeat it.
 func (t *Target) Update(ctx context.Context, id int64, f connector.Fields) error {
-	w, err := t.convert(ctx, strconv.FormatInt(id, 10), f)
+	meta, f, err := takeCarried(f)
 	if err != nil {
 		return err
 	}
-	return t.c.UpdateItem(ctx, id, w, t.write)
+	var existing *APIItem
+	if t.mover != nil && (meta != nil && len(meta.Files) > 0 || t.hasImage(f)) {
+		if existing, err = t.c.GetItem(ctx, id); err != nil {
+			return err
+		}
+	}
+	w, err := t.convert(ctx, strconv.FormatInt(id, 10), f, existing)
+	if err != nil {
+		return err
+	}
+	if err := t.c.UpdateItem(ctx, id, w, t.write); err != nil {
+		return err
+	}
+	if meta == nil {
+		return nil
+	}
+	if t.mover != nil {
+		for _, fr := range meta.Files {
+			if existing != nil && slices.ContainsFunc(existing.Files, func(x FileRef) bool { return sameFile(x, fr) }) {
+				continue
+			}
+			nid, err := t.mover.copy(ctx, fr)
+			if err != nil {
+				return fmt.Errorf("update podio item %d: %w", id, err)
+			}
+			if err := t.c.AttachFile(ctx, nid, id); err != nil {
+				return fmt.Errorf("update podio item %d: %w", id, err)
+			}
+		}
+	}
+	if t.comments && meta.Comments > 0 {
+		if err := t.copyComments(ctx, meta.ItemID, id); err != nil {
+			return fmt.Errorf("update podio item %d: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// hasImage reports whether f holds a value for an image field of the
+// target.
+func (t *Target) hasImage(f connector.Fields) bool {
+	for name := range f {
+		if fd := t.ix.resolve(name); fd != nil && fd.Type == TypeImage {
+			return true
+		}
+	}
+	return false
+}
+
+// convertImage copies the files of an image field value and returns the
+// new file ids; a file the existing item's field already holds (same
+// name and size) is kept, not copied again.
+func (t *Target) convertImage(ctx context.Context, fd *FieldDef, raw json.RawMessage, existing *APIItem) ([]int64, error) {
+	var refs []FileRef
+	if err := json.Unmarshal(raw, &refs); err != nil {
+		return nil, validationError("field %s: an image value is a list of files [{\"file_id\",\"name\",\"size\"}] (got %s)", fd.ExternalID, short(raw))
+	}
+	var have []FileRef
+	if existing != nil {
+		for _, af := range existing.Fields {
+			if af.FieldID != fd.FieldID {
+				continue
+			}
+			for _, v := range af.Values {
+				var x struct {
+					Value FileRef `json:"value"`
+				}
+				if json.Unmarshal(v, &x) == nil && x.Value.FileID > 0 {
+					have = append(have, x.Value)
+				}
+			}
+		}
+	}
+	ids := make([]int64, 0, len(refs))
+	for _, r := range refs {
+		if i := slices.IndexFunc(have, func(h FileRef) bool { return sameFile(h, r) }); i >= 0 {
+			ids = append(ids, have[i].FileID)
+			continue
+		}
+		id, err := t.mover.copy(ctx, r)
+		if err != nil {
+			return nil, fmt.Errorf("field %s: %w", fd.ExternalID, err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
 }
 
 // convert maps flat fields onto the target app's fields and converts
@@ -313,7 +522,7 @@ func (t *Target) Update(ctx context.Context, id int64, f connector.Fields) error
 // are dropped with one warning per field name. A reference to an item
 // that was not migrated is dropped with a warning, unless nothing else
 // is left to write, which is a validation failure.
-func (t *Target) convert(ctx context.Context, key string, f connector.Fields) (ItemWrite, error) {
+func (t *Target) convert(ctx context.Context, key string, f connector.Fields, existing *APIItem) (ItemWrite, error) {
 	conv := &conversion{fields: map[string]any{}}
 	names := make([]string, 0, len(f))
 	for k := range f {
@@ -326,6 +535,17 @@ func (t *Target) convert(ctx context.Context, key string, f connector.Fields) (I
 			t.warnOnce("unknown:"+name, func() {
 				t.log.Warn().Str("field", name).Int64("app_id", t.appID).Msg("the target app has no such field; its values are not written")
 			})
+			continue
+		}
+		if fd.Type == TypeImage && t.mover != nil {
+			if _, dup := conv.fields[fd.ExternalID]; dup {
+				continue
+			}
+			ids, err := t.convertImage(ctx, fd, f[name], existing)
+			if err != nil {
+				return ItemWrite{}, err
+			}
+			conv.fields[fd.ExternalID] = ids
 			continue
 		}
 		if !writable[fd.Type] {
@@ -399,7 +619,16 @@ func (t *Target) resolveRef(fd *FieldDef) refResolver {
 			if id, ok := cached(ctx, app, src); ok {
 				return id, true, nil
 			}
-			it, found, err := t.c.ItemByExternalID(ctx, app, ext(src))
+			var it *APIItem
+			var found bool
+			var err error
+			if again {
+				// The second look is for a create of this batch: only
+				// the form this job writes.
+				it, found, err = t.c.ItemByExternalID(ctx, app, t.ext.format(ext(src)))
+			} else {
+				it, found, err = t.lookupAny(ctx, app, ext(src))
+			}
 			if err != nil {
 				if cat, _ := connector.Classify(err); cat == connector.CategoryPermission {
 					t.warnOnce(fmt.Sprintf("refperm:%d", app), func() {
@@ -437,13 +666,27 @@ func (t *Target) Get(ctx context.Context, id int64) (connector.Fields, error) {
 }
 
 // LookupExternal finds an item of the target app by external id.
+// externalID is the source item id; every form extFormat.candidates
+// names is tried.
 func (t *Target) LookupExternal(ctx context.Context, externalID string) (int64, bool, error) {
-	it, found, err := t.c.ItemByExternalID(ctx, t.appID, externalID)
+	it, found, err := t.lookupAny(ctx, t.appID, externalID)
 	if err != nil || !found {
 		return 0, false, err
 	}
 	t.noteID(it.ItemID)
 	return it.ItemID, true, nil
+}
+
+// lookupAny finds the item of source item src in app by each external
+// id form it may carry, in order.
+func (t *Target) lookupAny(ctx context.Context, app int64, src string) (*APIItem, bool, error) {
+	for _, ext := range t.ext.candidates(src) {
+		it, found, err := t.c.ItemByExternalID(ctx, app, ext)
+		if err != nil || found {
+			return it, found, err
+		}
+	}
+	return nil, false, nil
 }
 
 // Sync has nothing to make durable: a confirmed write is in Podio. It
@@ -529,5 +772,8 @@ func (t *Target) RateLimitedUntil() time.Time { return t.c.gate.Until() }
 // Close releases the client's connections.
 func (t *Target) Close() error {
 	t.c.Close()
+	if t.srcClient != nil {
+		t.srcClient.Close()
+	}
 	return nil
 }

@@ -58,13 +58,18 @@ func (s *Server) LoadJSONL(r io.Reader) error {
 			if err = json.Unmarshal(line, &a); err == nil {
 				_, err = s.AddApp(a)
 			}
+		case "file":
+			var f SeedFile
+			if err = json.Unmarshal(line, &f); err == nil {
+				_, err = s.AddFile(f)
+			}
 		case "item":
 			var it Item
 			if err = json.Unmarshal(line, &it); err == nil {
 				_, err = s.Seed(it)
 			}
 		default:
-			err = fmt.Errorf("kind %q is not one of client, user, app, item", head.Kind)
+			err = fmt.Errorf("kind %q is not one of client, user, app, file, item", head.Kind)
 		}
 		if err != nil {
 			return fmt.Errorf("seed line %d: %w", n, err)

@@ -2,17 +2,13 @@ package podioemu
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
-	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,11 +23,26 @@ type Config struct {
 	Seed uint64
 	// TokenTTL is the lifetime of an access token; 0 means 8h.
 	TokenTTL time.Duration
+	// RefreshTTL is the lifetime of a refresh token; 0 means it does not
+	// expire (it can still be revoked).
+	RefreshTTL time.Duration
+	// UserZone is the time zone of the users: item dates are answered in
+	// it, beside their *_utc forms, and written values are read in it.
+	// nil means Europe/Copenhagen, a zone that is not UTC, so that a
+	// client that confuses the two is caught.
+	UserZone *time.Location
 	// RateLimit is the number of calls allowed per RateWindow per caller;
 	// 0 means no quota.
-	RateLimit  int
-	RateWindow time.Duration
-	Faults     Faults
+	RateLimit int
+	// LimitedRateLimit is the lower limit of the calls Podio marks "Rate
+	// limited" (see IsRateLimitedCall); 0 means a quarter of RateLimit,
+	// as Podio's 250 of 1,000.
+	LimitedRateLimit int
+	RateWindow       time.Duration
+	Faults           Faults
+	// FileDir holds uploaded files; "" means a temporary directory of
+	// the server's own, removed by Close.
+	FileDir string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -62,72 +73,58 @@ type Faults struct {
 
 // Stats counts what the server did.
 type Stats struct {
-	Calls         int64 `json:"calls"`          // authenticated API calls answered
-	Allowed       int64 `json:"allowed"`        // calls within the quota
-	Quota420      int64 `json:"quota_420"`      // 420s for a spent quota
-	Burst420      int64 `json:"burst_420"`      // injected 420s
-	ServerErrors  int64 `json:"server_errors"`  // injected 5xx
-	Lost          int64 `json:"lost"`           // writes committed, answer dropped
-	Expired401    int64 `json:"expired_401"`    // calls with an expired token
-	TokensIssued  int64 `json:"tokens_issued"`  // successful token grants
-	Creates       int64 `json:"creates"`        // items created over the API
-	Updates       int64 `json:"updates"`        // items changed over the API
-	HooksFired    int64 `json:"hooks_fired"`    // writes made with hook=true
-	NotSilent     int64 `json:"not_silent"`     // writes made with silent=false
-	Validation400 int64 `json:"validation_400"` // writes refused as invalid
-	Abandoned     int64 `json:"abandoned"`      // writes not made: the client left
-	TokenExpiries int64 `json:"token_expiries"` // injected expiries of all tokens
-	Windows       int64 `json:"quota_windows"`  // quota windows started
-}
-
-type client struct{ secret string }
-
-type user struct {
-	password string
-	id       int64
-}
-
-type token struct {
-	identity string // rate-limit key: client and user or app
-	appID    int64  // app flow: the one app it reaches
-	expires  time.Time
-	refresh  string
-	revoked  bool
-}
-
-type refreshGrant struct {
-	clientID string
-	identity string
-	appID    int64
-}
-
-type quotaWindow struct {
-	start time.Time
-	count int
+	Calls   int64 `json:"calls"`   // authenticated API calls answered
+	Allowed int64 `json:"allowed"` // calls within the quota
+	// LimitedAllowed counts the allowed calls of the "Rate limited" tier.
+	LimitedAllowed int64 `json:"limited_allowed"`
+	Quota420       int64 `json:"quota_420"`      // 420s for a spent quota
+	Burst420       int64 `json:"burst_420"`      // injected 420s
+	ServerErrors   int64 `json:"server_errors"`  // injected 5xx
+	Lost           int64 `json:"lost"`           // writes committed, answer dropped
+	Expired401     int64 `json:"expired_401"`    // calls with an expired token
+	TokensIssued   int64 `json:"tokens_issued"`  // successful token grants
+	Creates        int64 `json:"creates"`        // items created over the API
+	Updates        int64 `json:"updates"`        // items changed over the API
+	HooksFired     int64 `json:"hooks_fired"`    // writes made with hook=true
+	NotSilent      int64 `json:"not_silent"`     // writes made with silent=false
+	Validation400  int64 `json:"validation_400"` // writes refused as invalid
+	Abandoned      int64 `json:"abandoned"`      // writes not made: the client left
+	TokenExpiries  int64 `json:"token_expiries"` // injected expiries of all tokens
+	Windows        int64 `json:"quota_windows"`  // quota windows started
+	Uploads        int64 `json:"uploads"`        // files uploaded
+	Downloads      int64 `json:"downloads"`      // files downloaded whole
+	Attached       int64 `json:"attached"`       // files attached to items
+	Comments       int64 `json:"comments"`       // comments made over the API
 }
 
 // Server is the emulator. Create it with New, then Start it or use
 // Handler.
 type Server struct {
-	cfg Config
-	now func() time.Time
+	cfg  Config
+	now  func() time.Time
+	zone *time.Location
 
-	mu       sync.Mutex
-	rng      *mrand.Rand
-	clients  map[string]client
-	users    map[string]user
-	apps     map[int64]*app
-	items    map[int64]*item
-	byExt    map[string][]*item // app_id/external_id
-	tokens   map[string]*token
-	refresh  map[string]refreshGrant
-	windows  map[string]*quotaWindow
-	nextItem int64
-	nextFld  int64
-	nextOpt  int64
-	calls    int64
-	burst    int
-	stats    Stats
+	mu          sync.Mutex
+	rng         *mrand.Rand
+	clients     map[string]client
+	users       map[string]user
+	apps        map[int64]*app
+	items       map[int64]*item
+	byExt       map[string][]*item // app_id/external_id
+	tokens      map[string]*token
+	refresh     map[string]refreshGrant
+	windows     map[string]*quotaWindow
+	files       map[int64]*file
+	nextFile    int64
+	nextComment int64
+	dir         string // uploaded files
+	ownDir      bool
+	nextItem    int64
+	nextFld     int64
+	nextOpt     int64
+	calls       int64
+	burst       int
+	stats       Stats
 
 	srv  *http.Server
 	ln   net.Listener
@@ -143,26 +140,40 @@ func New(cfg Config) *Server {
 	if cfg.TokenTTL == 0 {
 		cfg.TokenTTL = 8 * time.Hour
 	}
+	if cfg.LimitedRateLimit == 0 {
+		cfg.LimitedRateLimit = cfg.RateLimit / 4
+	}
 	if cfg.RateWindow == 0 {
 		cfg.RateWindow = time.Hour
 	}
 	if cfg.Faults.RateLimitBurstWait == 0 {
 		cfg.Faults.RateLimitBurstWait = 1
 	}
+	zone := cfg.UserZone
+	if zone == nil {
+		if z, err := time.LoadLocation("Europe/Copenhagen"); err == nil {
+			zone = z
+		} else {
+			zone = time.FixedZone("CET", 3600)
+		}
+	}
 	return &Server{
-		cfg: cfg, now: now,
-		rng:      mrand.New(mrand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
-		clients:  map[string]client{},
-		users:    map[string]user{},
-		apps:     map[int64]*app{},
-		items:    map[int64]*item{},
-		byExt:    map[string][]*item{},
-		tokens:   map[string]*token{},
-		refresh:  map[string]refreshGrant{},
-		windows:  map[string]*quotaWindow{},
-		nextItem: 1_000_000_000,
-		nextFld:  100_000,
-		nextOpt:  1,
+		cfg: cfg, now: now, zone: zone,
+		rng:         mrand.New(mrand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
+		clients:     map[string]client{},
+		users:       map[string]user{},
+		apps:        map[int64]*app{},
+		items:       map[int64]*item{},
+		files:       map[int64]*file{},
+		nextFile:    500_000_000,
+		nextComment: 700_000_000,
+		byExt:       map[string][]*item{},
+		tokens:      map[string]*token{},
+		refresh:     map[string]refreshGrant{},
+		windows:     map[string]*quotaWindow{},
+		nextItem:    1_000_000_000,
+		nextFld:     100_000,
+		nextOpt:     1,
 	}
 }
 
@@ -175,28 +186,6 @@ func (s *Server) SetFaults(f Faults) {
 		f.RateLimitBurstWait = 1
 	}
 	s.cfg.Faults = f
-}
-
-// SetQuota replaces the rate limit.
-func (s *Server) SetQuota(limit int, every time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.cfg.RateLimit, s.cfg.RateWindow = limit, every
-	s.windows = map[string]*quotaWindow{}
-}
-
-// AddClient registers an API key.
-func (s *Server) AddClient(id, secret string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.clients[id] = client{secret: secret}
-}
-
-// AddUser registers a user for the password flow.
-func (s *Server) AddUser(username, password string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.users[username] = user{password: password, id: int64(len(s.users) + 1)}
 }
 
 // AddApp registers an app and returns it with its field and option ids
@@ -277,7 +266,13 @@ func (s *Server) Seed(it Item) (int64, error) {
 		s.nextItem++
 		ni.id = s.nextItem
 	}
+	if err := s.attachLocked(ni, it.FileIDs); err != nil {
+		return 0, fmt.Errorf("seed item in app %d: %w", a.AppID, err)
+	}
 	s.insert(a, ni)
+	for _, c := range it.Comments {
+		s.addCommentLocked(ni, c, "user:seed")
+	}
 	return ni.id, nil
 }
 
@@ -315,24 +310,6 @@ func (s *Server) Stats() Stats {
 	return s.stats
 }
 
-// ExpireTokens expires every access token issued so far, as a token
-// expiry in the middle of a run.
-func (s *Server) ExpireTokens() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.expireAllLocked()
-}
-
-func (s *Server) expireAllLocked() {
-	now := s.now()
-	for _, t := range s.tokens {
-		if t.expires.After(now) {
-			t.expires = now.Add(-time.Second)
-		}
-	}
-	s.stats.TokenExpiries++
-}
-
 // Start serves on a new 127.0.0.1 port (or addr, if given) and returns
 // the base URL.
 func (s *Server) Start(addr string) (string, error) {
@@ -358,6 +335,7 @@ func (s *Server) URL() string { return "http://" + s.ln.Addr().String() }
 
 // Close stops a started server and waits for it.
 func (s *Server) Close() error {
+	defer s.removeFiles()
 	if s.srv == nil {
 		return nil
 	}
@@ -380,9 +358,18 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /item/app/{app_id}/filter/", s.api(s.handleFilter))
 	mux.HandleFunc("GET /item/app/{app_id}/count", s.api(s.handleCount))
 	mux.HandleFunc("GET /item/app/{app_id}/external_id/{external_id}", s.api(s.handleByExternal))
-	mux.HandleFunc("POST /item/app/{app_id}/", s.api(s.handleCreate))
+	// {$}: only the exact path creates; POST /item/app/{id}/delete and
+	// the like are unknown routes, answered 404.
+	mux.HandleFunc("POST /item/app/{app_id}/{$}", s.api(s.handleCreate))
 	mux.HandleFunc("GET /item/{item_id}", s.api(s.handleGet))
 	mux.HandleFunc("PUT /item/{item_id}", s.api(s.handleUpdate))
+	mux.HandleFunc("POST /file/v2/{$}", s.handleUpload)
+	mux.HandleFunc("POST /file/{$}", s.handleUpload)
+	mux.HandleFunc("GET /file/{file_id}", s.api(s.handleFile))
+	mux.HandleFunc("GET /file/{file_id}/raw", s.handleRaw)
+	mux.HandleFunc("POST /file/{file_id}/attach", s.api(s.handleAttach))
+	mux.HandleFunc("GET /comment/item/{item_id}/{$}", s.api(s.handleComments))
+	mux.HandleFunc("POST /comment/item/{item_id}/{$}", s.api(s.handleAddComment))
 	mux.HandleFunc("GET /_emulator/dump", s.handleDump)
 	mux.HandleFunc("GET /_emulator/stats", s.handleStats)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -511,23 +498,8 @@ func (s *Server) gate(c *call) (int, any, bool) {
 		// This call still passes; the next ones see the expiry.
 		s.expireAllLocked()
 	}
-	if s.cfg.RateLimit > 0 {
-		win := s.windows[tok.identity]
-		if win == nil || !now.Before(win.start.Add(s.cfg.RateWindow)) {
-			win = &quotaWindow{start: now}
-			s.windows[tok.identity] = win
-			s.stats.Windows++
-		}
-		win.count++
-		rem := max(0, s.cfg.RateLimit-win.count)
-		h := c.w.Header()
-		h.Set("X-Rate-Limit-Limit", strconv.Itoa(s.cfg.RateLimit))
-		h.Set("X-Rate-Limit-Remaining", strconv.Itoa(rem))
-		if win.count > s.cfg.RateLimit {
-			s.stats.Quota420++
-			wait := int(math.Ceil(win.start.Add(s.cfg.RateWindow).Sub(now).Seconds()))
-			return 420, errBody{"rate_limit", fmt.Sprintf("You have hit the rate limit. Please wait %d seconds before trying again", max(wait, 1))}, false
-		}
+	if st, b, ok := s.charge(tok.identity, IsRateLimitedCall(c.r.Method, c.r.URL.Path), c.w.Header()); !ok {
+		return st, b, false
 	}
 	if s.burst > 0 {
 		s.burst--
@@ -572,465 +544,6 @@ func (s *Server) dropConnection(w http.ResponseWriter) {
 		_ = tc.SetLinger(0) // a reset, as a dropped proxy connection
 	}
 	conn.Close()
-}
-
-func (s *Server) canReach(c *call, appID int64) bool {
-	return c.tok.appID == 0 || c.tok.appID == appID
-}
-
-func (s *Server) appOf(c *call) (*app, int, any) {
-	id, err := strconv.ParseInt(c.r.PathValue("app_id"), 10, 64)
-	if err != nil {
-		st, b := fail(http.StatusNotFound, "not_found", "Object not found")
-		return nil, st, b
-	}
-	a := s.apps[id]
-	if a == nil {
-		st, b := fail(http.StatusNotFound, "not_found", "Object not found")
-		return nil, st, b
-	}
-	if !s.canReach(c, id) {
-		st, b := fail(http.StatusForbidden, "forbidden", fmt.Sprintf("The app token does not give access to app %d", id))
-		return nil, st, b
-	}
-	return a, 0, nil
-}
-
-func (s *Server) handleApp(c *call) (int, any) {
-	a, st, b := s.appOf(c)
-	if a == nil {
-		return st, b
-	}
-	return http.StatusOK, renderApp(a)
-}
-
-func (s *Server) handleCount(c *call) (int, any) {
-	a, st, b := s.appOf(c)
-	if a == nil {
-		return st, b
-	}
-	return http.StatusOK, map[string]any{"count": len(a.items)}
-}
-
-func (s *Server) itemOf(c *call) (*item, *app, int, any) {
-	id, err := strconv.ParseInt(c.r.PathValue("item_id"), 10, 64)
-	it := s.items[id]
-	if err != nil || it == nil {
-		st, b := fail(http.StatusNotFound, "not_found", "Object not found")
-		return nil, nil, st, b
-	}
-	if !s.canReach(c, it.appID) {
-		st, b := fail(http.StatusForbidden, "forbidden", fmt.Sprintf("The app token does not give access to item %d", id))
-		return nil, nil, st, b
-	}
-	return it, s.apps[it.appID], 0, nil
-}
-
-func (s *Server) handleGet(c *call) (int, any) {
-	it, a, st, b := s.itemOf(c)
-	if it == nil {
-		return st, b
-	}
-	return http.StatusOK, s.render(a, it)
-}
-
-func (s *Server) handleByExternal(c *call) (int, any) {
-	a, st, b := s.appOf(c)
-	if a == nil {
-		return st, b
-	}
-	list := s.byExt[extKey(a.AppID, c.r.PathValue("external_id"))]
-	if len(list) == 0 {
-		return fail(http.StatusNotFound, "not_found", "Object not found")
-	}
-	return http.StatusOK, s.render(a, list[0])
-}
-
-type writeBody struct {
-	ExternalID *string                    `json:"external_id"`
-	Fields     map[string]json.RawMessage `json:"fields"`
-	Tags       []string                   `json:"tags"`
-	Revision   *int                       `json:"revision"`
-}
-
-func (s *Server) decodeWrite(c *call) (writeBody, bool) {
-	var wb writeBody
-	if len(c.body) == 0 || json.Unmarshal(c.body, &wb) != nil {
-		return wb, false
-	}
-	return wb, true
-}
-
-func (s *Server) noteWrite(c *call) {
-	q := c.r.URL.Query()
-	if q.Get("hook") != "false" && q.Get("hook") != "0" {
-		s.stats.HooksFired++
-	}
-	if q.Get("silent") != "true" && q.Get("silent") != "1" {
-		s.stats.NotSilent++
-	}
-}
-
-func (s *Server) handleCreate(c *call) (int, any) {
-	a, st, b := s.appOf(c)
-	if a == nil {
-		return st, b
-	}
-	wb, ok := s.decodeWrite(c)
-	if !ok {
-		return fail(http.StatusBadRequest, "bad_request", "The request body is not a JSON object")
-	}
-	now := s.now().UTC().Truncate(time.Second)
-	ni := &item{appID: a.AppID, values: map[int64][]map[string]any{}, tags: wb.Tags,
-		createdOn: now, lastEventOn: now, lastEditOn: now}
-	if wb.ExternalID != nil {
-		ni.externalID = *wb.ExternalID
-	}
-	for _, f := range a.Fields {
-		if f.Required {
-			if _, ok := wb.Fields[f.ExternalID]; !ok {
-				if _, ok := wb.Fields[strconv.FormatInt(f.FieldID, 10)]; !ok {
-					s.stats.Validation400++
-					return fail(http.StatusBadRequest, "invalid_value", fmt.Sprintf("field %s is required", f.ExternalID))
-				}
-			}
-		}
-	}
-	if _, err := s.setValues(a, ni, wb.Fields, false); err != nil {
-		s.stats.Validation400++
-		return fail(http.StatusBadRequest, "invalid_value", err.Error())
-	}
-	s.nextItem++
-	ni.id = s.nextItem
-	s.insert(a, ni)
-	s.stats.Creates++
-	s.noteWrite(c)
-	return http.StatusOK, map[string]any{"item_id": ni.id, "app_item_id": ni.appItemID, "title": ni.title, "revision": 0}
-}
-
-func (s *Server) handleUpdate(c *call) (int, any) {
-	it, a, st, b := s.itemOf(c)
-	if it == nil {
-		return st, b
-	}
-	wb, ok := s.decodeWrite(c)
-	if !ok {
-		return fail(http.StatusBadRequest, "bad_request", "The request body is not a JSON object")
-	}
-	if wb.Revision != nil && *wb.Revision != it.revision {
-		return fail(http.StatusConflict, "conflict", fmt.Sprintf("The item has changed since revision %d", *wb.Revision))
-	}
-	changed, err := s.setValues(a, it, wb.Fields, false)
-	if err != nil {
-		s.stats.Validation400++
-		return fail(http.StatusBadRequest, "invalid_value", err.Error())
-	}
-	if wb.ExternalID != nil && *wb.ExternalID != it.externalID {
-		old := extKey(a.AppID, it.externalID)
-		list := s.byExt[old]
-		for i, x := range list {
-			if x == it {
-				s.byExt[old] = append(list[:i:i], list[i+1:]...)
-				break
-			}
-		}
-		it.externalID = *wb.ExternalID
-		k := extKey(a.AppID, it.externalID)
-		s.byExt[k] = append(s.byExt[k], it)
-		changed = true
-	}
-	if wb.Tags != nil {
-		it.tags, changed = wb.Tags, true
-	}
-	s.noteWrite(c)
-	if !changed {
-		return http.StatusNoContent, nil
-	}
-	now := s.now().UTC().Truncate(time.Second)
-	it.revision++
-	it.lastEditOn, it.lastEventOn = now, now
-	s.stats.Updates++
-	return http.StatusOK, map[string]any{"revision": it.revision, "title": it.title}
-}
-
-type filterBody struct {
-	SortBy   string                     `json:"sort_by"`
-	SortDesc *bool                      `json:"sort_desc"`
-	Limit    *int                       `json:"limit"`
-	Offset   int                        `json:"offset"`
-	Filters  map[string]json.RawMessage `json:"filters"`
-}
-
-type rangeFilter struct {
-	From any `json:"from"`
-	To   any `json:"to"`
-}
-
-func (s *Server) handleFilter(c *call) (int, any) {
-	a, st, b := s.appOf(c)
-	if a == nil {
-		return st, b
-	}
-	var fb filterBody
-	if len(c.body) > 0 {
-		if err := json.Unmarshal(c.body, &fb); err != nil {
-			return fail(http.StatusBadRequest, "bad_request", "The request body is not valid: "+err.Error())
-		}
-	}
-	limit := 30
-	if fb.Limit != nil {
-		limit = *fb.Limit
-	}
-	if limit < 1 || limit > 500 {
-		return fail(http.StatusBadRequest, "invalid_value", "limit must be between 1 and 500")
-	}
-	if fb.Offset < 0 {
-		return fail(http.StatusBadRequest, "invalid_value", "offset must not be negative")
-	}
-	desc := true // Podio's default
-	if fb.SortDesc != nil {
-		desc = *fb.SortDesc
-	}
-	switch fb.SortBy {
-	case "", "created_on", "item_id", "last_edit_on":
-	default:
-		return fail(http.StatusBadRequest, "invalid_value", fmt.Sprintf("sort_by %q is not supported", fb.SortBy))
-	}
-	if fb.SortBy == "" {
-		fb.SortBy = "created_on"
-	}
-	preds, err := s.filterPreds(a, fb.Filters)
-	if err != nil {
-		return fail(http.StatusBadRequest, "invalid_value", err.Error())
-	}
-	var matched []*item
-	for _, it := range a.items {
-		ok := true
-		for _, p := range preds {
-			if !p(it) {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			matched = append(matched, it)
-		}
-	}
-	if !(fb.SortBy == "item_id" && !desc) {
-		matched = sortItems(matched, fb.SortBy, desc)
-	}
-	page := []map[string]any{}
-	for i := fb.Offset; i < len(matched) && len(page) < limit; i++ {
-		page = append(page, s.render(a, matched[i]))
-	}
-	return http.StatusOK, map[string]any{"total": len(a.items), "filtered": len(matched), "items": page}
-}
-
-func (s *Server) filterPreds(a *app, filters map[string]json.RawMessage) ([]func(*item) bool, error) {
-	var preds []func(*item) bool
-	for k, raw := range filters {
-		switch k {
-		case "created_on", "last_event_on", "last_edit_on":
-			var r rangeFilter
-			if err := json.Unmarshal(raw, &r); err != nil {
-				return nil, fmt.Errorf("filter %s: want {\"from\",\"to\"}", k)
-			}
-			from, to, err := dateRange(r)
-			if err != nil {
-				return nil, fmt.Errorf("filter %s: %w", k, err)
-			}
-			key := k
-			preds = append(preds, func(it *item) bool {
-				t := it.createdOn
-				switch key {
-				case "last_event_on":
-					t = it.lastEventOn
-				case "last_edit_on":
-					t = it.lastEditOn
-				}
-				return (from.IsZero() || !t.Before(from)) && (to.IsZero() || !t.After(to))
-			})
-		case "tags":
-			var tags []string
-			if err := json.Unmarshal(raw, &tags); err != nil {
-				return nil, errors.New("filter tags: want a list of tags")
-			}
-			preds = append(preds, func(it *item) bool {
-				for _, t := range it.tags {
-					for _, w := range tags {
-						if t == w {
-							return true
-						}
-					}
-				}
-				return false
-			})
-		default:
-			f := a.byKey[k]
-			if f == nil {
-				return nil, fmt.Errorf("filter %s: no such field or key", k)
-			}
-			p, err := fieldPred(f, raw)
-			if err != nil {
-				return nil, err
-			}
-			preds = append(preds, p)
-		}
-	}
-	return preds, nil
-}
-
-func dateRange(r rangeFilter) (from, to time.Time, err error) {
-	parse := func(v any, end bool) (time.Time, error) {
-		str, _ := v.(string)
-		if v == nil || str == "" {
-			return time.Time{}, nil
-		}
-		if t, err := time.Parse("2006-01-02", str); err == nil {
-			if end {
-				t = t.Add(24*time.Hour - time.Second)
-			}
-			return t, nil
-		}
-		if t, err := time.Parse(podioTime, str); err == nil {
-			return t, nil
-		}
-		return time.Time{}, fmt.Errorf("%q is not YYYY-MM-DD or YYYY-MM-DD HH:MM:SS", str)
-	}
-	if from, err = parse(r.From, false); err != nil {
-		return
-	}
-	to, err = parse(r.To, true)
-	return
-}
-
-func fieldPred(f *Field, raw json.RawMessage) (func(*item) bool, error) {
-	id := f.FieldID
-	switch f.Type {
-	case TypeCategory, TypeQuestion, TypeApp, TypeContact:
-		var want []int64
-		if err := json.Unmarshal(raw, &want); err != nil {
-			return nil, fmt.Errorf("filter %s: want a list of ids", f.ExternalID)
-		}
-		sub := map[string]string{TypeCategory: "id", TypeQuestion: "id", TypeApp: "item_id", TypeContact: "profile_id"}[f.Type]
-		return func(it *item) bool {
-			for _, v := range it.values[id] {
-				m, _ := v["value"].(map[string]any)
-				if n, ok := m[sub].(int64); ok && contains(want, n) {
-					return true
-				}
-			}
-			return false
-		}, nil
-	case TypeNumber, TypeMoney, TypeProgress, TypeDuration, TypeCalculation:
-		var r rangeFilter
-		if err := json.Unmarshal(raw, &r); err != nil {
-			return nil, fmt.Errorf("filter %s: want {\"from\",\"to\"}", f.ExternalID)
-		}
-		from, okF := toFloat(r.From)
-		to, okT := toFloat(r.To)
-		return func(it *item) bool {
-			for _, v := range it.values[id] {
-				x, ok := toFloat(fmt.Sprint(v["value"]))
-				if ok && (!okF || x >= from) && (!okT || x <= to) {
-					return true
-				}
-			}
-			return false
-		}, nil
-	}
-	return nil, fmt.Errorf("filter %s: fields of type %s cannot be filtered", f.ExternalID, f.Type)
-}
-
-// handleToken serves the OAuth token endpoint.
-func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
-	params := map[string]string{}
-	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
-		var m map[string]any
-		if err := json.Unmarshal(body, &m); err != nil {
-			writeError(w, r, http.StatusBadRequest, "invalid_request", "The body is not JSON")
-			return
-		}
-		for k, v := range m {
-			params[k] = fmt.Sprint(v)
-			if n, ok := v.(float64); ok {
-				params[k] = strconv.FormatInt(int64(n), 10)
-			}
-		}
-	} else {
-		q, _ := url.ParseQuery(string(body))
-		for k := range q {
-			params[k] = q.Get(k)
-		}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cl, ok := s.clients[params["client_id"]]
-	if !ok || cl.secret != params["client_secret"] || params["client_secret"] == "" {
-		writeError(w, r, http.StatusUnauthorized, "invalid_client", "Invalid client_id or client_secret")
-		return
-	}
-	var identity string
-	var appID int64
-	switch params["grant_type"] {
-	case "app":
-		id, _ := strconv.ParseInt(params["app_id"], 10, 64)
-		a := s.apps[id]
-		if a == nil || a.AppToken == "" || a.AppToken != params["app_token"] {
-			writeError(w, r, http.StatusBadRequest, "invalid_grant", "Invalid app_id or app_token")
-			return
-		}
-		identity, appID = "app:"+params["app_id"], id
-	case "password":
-		u, ok := s.users[params["username"]]
-		if !ok || u.password != params["password"] {
-			writeError(w, r, http.StatusBadRequest, "invalid_grant", "Invalid username or password")
-			return
-		}
-		identity = fmt.Sprintf("user:%d", u.id)
-	case "refresh_token":
-		g, ok := s.refresh[params["refresh_token"]]
-		if !ok || g.clientID != params["client_id"] {
-			writeError(w, r, http.StatusBadRequest, "invalid_grant", "Invalid refresh_token")
-			return
-		}
-		identity, appID = g.identity, g.appID
-	default:
-		writeError(w, r, http.StatusBadRequest, "unsupported_grant_type", fmt.Sprintf("grant_type %q is not supported", params["grant_type"]))
-		return
-	}
-	access, refresh := randToken(), randToken()
-	s.tokens[access] = &token{identity: params["client_id"] + "|" + identity, appID: appID,
-		expires: s.now().Add(s.cfg.TokenTTL), refresh: refresh}
-	s.refresh[refresh] = refreshGrant{clientID: params["client_id"], identity: identity, appID: appID}
-	s.stats.TokensIssued++
-	typ, idStr, _ := strings.Cut(identity, ":")
-	refID, _ := strconv.ParseInt(idStr, 10, 64)
-	writeJSON(w, http.StatusOK, map[string]any{
-		"access_token": access, "token_type": "bearer", "expires_in": int(s.cfg.TokenTTL.Seconds()),
-		"refresh_token": refresh, "scope": "global:all", "ref": map[string]any{"type": typ, "id": refID},
-	})
-}
-
-// IssueRefreshToken returns a refresh token for a user, as the
-// server-side flow would have given one, for the refresh_token flow.
-func (s *Server) IssueRefreshToken(clientID, username string) (string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	u, ok := s.users[username]
-	if !ok {
-		return "", fmt.Errorf("no user %q", username)
-	}
-	rt := randToken()
-	s.refresh[rt] = refreshGrant{clientID: clientID, identity: fmt.Sprintf("user:%d", u.id)}
-	return rt, nil
-}
-
-func randToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 func (s *Server) handleStats(w http.ResponseWriter, r *http.Request) {

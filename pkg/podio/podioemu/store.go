@@ -27,6 +27,7 @@ const (
 	TypeDuration    = "duration"
 	TypeProgress    = "progress"
 	TypeCalculation = "calculation"
+	TypeImage       = "image"
 )
 
 // Option is a category or question option.
@@ -69,6 +70,9 @@ type Item struct {
 	LastEventOn string                     `json:"last_event_on,omitempty"`
 	Tags        []string                   `json:"tags,omitempty"`
 	Fields      map[string]json.RawMessage `json:"fields"`
+	// FileIDs are files (see AddFile) attached to the item.
+	FileIDs  []int64   `json:"file_ids,omitempty"`
+	Comments []Comment `json:"comments,omitempty"`
 }
 
 type app struct {
@@ -90,6 +94,8 @@ type item struct {
 	revision    int
 	title       string
 	values      map[int64][]map[string]any // by field id, Podio's read form
+	files       []int64                    // attached, in attach order
+	comments    []*comment
 }
 
 // valueError is a 400 invalid_value.
@@ -217,7 +223,7 @@ func (s *Server) convert(f *Field, raw json.RawMessage, byText bool) ([]map[stri
 			if !ok {
 				return nil, invalid("field %s: date must be {\"start\",\"end\"}", f.ExternalID)
 			}
-			dv, err := dateValue(f, m)
+			dv, err := dateValue(f, m, s.zone)
 			if err != nil {
 				return nil, err
 			}
@@ -338,6 +344,20 @@ func (s *Server) convert(f *Field, raw json.RawMessage, byText bool) ([]map[stri
 			}
 			out = append(out, map[string]any{"value": n})
 		}
+	case TypeImage:
+		// Written as file ids (or {"file_id":N} / {"value":N}); read as
+		// {"value": <the file>}.
+		for _, e := range asList(v) {
+			if m, ok := e.(map[string]any); ok && m["file_id"] != nil {
+				e = m["file_id"]
+			}
+			id, ok := toInt(unwrapValue(e))
+			fl := s.files[id]
+			if !ok || fl == nil {
+				return nil, invalid("field %s: file %v does not exist", f.ExternalID, e)
+			}
+			out = append(out, map[string]any{"value": s.renderFile(fl)})
+		}
 	case TypeCalculation:
 		if !byText {
 			return nil, invalid("field %s: a calculation field cannot be written", f.ExternalID)
@@ -355,37 +375,72 @@ func (s *Server) convert(f *Field, raw json.RawMessage, byText bool) ([]map[stri
 	return out, nil
 }
 
-func dateValue(f *Field, m map[string]any) (map[string]any, error) {
-	get := func(k string) string { s, _ := m[k].(string); return s }
-	start, end := get("start"), get("end")
-	if start == "" && get("start_date") != "" {
-		start = strings.TrimSpace(get("start_date") + " " + get("start_time"))
-	}
-	if end == "" && get("end_date") != "" {
-		end = strings.TrimSpace(get("end_date") + " " + get("end_time"))
-	}
-	sd, st, ok := parseDateTime(start)
-	if !ok {
-		return nil, invalid("field %s: start %q is not YYYY-MM-DD or YYYY-MM-DD HH:MM:SS", f.ExternalID, start)
-	}
-	out := map[string]any{"start_date": sd, "start_time": nil, "start": sd + " 00:00:00"}
-	if st != nil {
-		out["start_time"], out["start"] = *st, sd+" "+*st
-	}
-	if end != "" {
-		ed, et, ok := parseDateTime(end)
-		if !ok {
-			return nil, invalid("field %s: end %q is not YYYY-MM-DD or YYYY-MM-DD HH:MM:SS", f.ExternalID, end)
+// dateValue reads a written date: start and end in the user's zone
+// (start, or start_date and start_time), or in UTC (start_utc, or
+// start_date_utc and start_time_utc), which wins. A date without a time
+// has no zone. The answer carries both forms, as Podio's does.
+func dateValue(f *Field, m map[string]any, loc *time.Location) (map[string]any, error) {
+	get := func(k string) string { s, _ := m[k].(string); return strings.TrimSpace(s) }
+	out := map[string]any{}
+	var startAt time.Time
+	for _, end := range []string{"start", "end"} {
+		var when time.Time
+		var hasTime bool
+		utc, local := get(end+"_utc"), get(end)
+		if utc == "" && get(end+"_date_utc") != "" {
+			utc = strings.TrimSpace(get(end+"_date_utc") + " " + get(end+"_time_utc"))
 		}
-		out["end_date"], out["end_time"], out["end"] = ed, nil, ed+" 00:00:00"
-		if et != nil {
-			out["end_time"], out["end"] = *et, ed+" "+*et
+		if local == "" && get(end+"_date") != "" {
+			local = strings.TrimSpace(get(end+"_date") + " " + get(end+"_time"))
 		}
-		if fmt.Sprint(out["end"]) < fmt.Sprint(out["start"]) {
+		switch {
+		case utc != "":
+			d, tm, ok := parseDateTime(utc)
+			if !ok {
+				return nil, invalid("field %s: %s_utc %q is not YYYY-MM-DD or YYYY-MM-DD HH:MM:SS", f.ExternalID, end, utc)
+			}
+			hasTime = tm != nil
+			when, _ = time.ParseInLocation(podioTime, d+" "+orMidnight(tm), time.UTC)
+		case local != "":
+			d, tm, ok := parseDateTime(local)
+			if !ok {
+				return nil, invalid("field %s: %s %q is not YYYY-MM-DD or YYYY-MM-DD HH:MM:SS", f.ExternalID, end, local)
+			}
+			hasTime = tm != nil
+			zone := time.UTC
+			if hasTime {
+				zone = loc
+			}
+			when, _ = time.ParseInLocation(podioTime, d+" "+orMidnight(tm), zone)
+		default:
+			if end == "start" {
+				return nil, invalid("field %s: a date needs a start", f.ExternalID)
+			}
+			continue
+		}
+		if end == "start" {
+			startAt = when
+		} else if when.Before(startAt) {
 			return nil, invalid("field %s: end is before start", f.ExternalID)
 		}
+		if !hasTime {
+			day := when.Format("2006-01-02")
+			out[end+"_date"], out[end+"_time"], out[end] = day, nil, day+" 00:00:00"
+			out[end+"_date_utc"], out[end+"_time_utc"], out[end+"_utc"] = day, nil, day
+			continue
+		}
+		lt, ut := when.In(loc), when.UTC()
+		out[end+"_date"], out[end+"_time"], out[end] = lt.Format("2006-01-02"), lt.Format("15:04:05"), lt.Format(podioTime)
+		out[end+"_date_utc"], out[end+"_time_utc"], out[end+"_utc"] = ut.Format("2006-01-02"), ut.Format("15:04:05"), ut.Format(podioTime)
 	}
 	return out, nil
+}
+
+func orMidnight(tm *string) string {
+	if tm == nil {
+		return "00:00:00"
+	}
+	return *tm
 }
 
 func findOption(f *Field, pred func(*Option) bool) *Option {
@@ -461,6 +516,12 @@ func (s *Server) render(a *app, it *item) map[string]any {
 			"label": f.Label, "status": "active", "values": vals,
 		})
 	}
+	files := make([]map[string]any, 0, len(it.files))
+	for _, id := range it.files {
+		if f := s.files[id]; f != nil {
+			files = append(files, s.renderFile(f))
+		}
+	}
 	tags := it.tags
 	if tags == nil {
 		tags = []string{}
@@ -476,6 +537,7 @@ func (s *Server) render(a *app, it *item) map[string]any {
 		"created_on": it.createdOn.UTC().Format(podioTime), "last_event_on": it.lastEventOn.UTC().Format(podioTime),
 		"last_edit_on": it.lastEditOn.UTC().Format(podioTime),
 		"revision":     it.revision, "tags": tags, "fields": fields,
+		"files": files, "file_count": len(files), "comment_count": len(it.comments),
 		"initial_revision": map[string]any{"revision": 0, "created_on": it.createdOn.UTC().Format(podioTime)},
 	}
 }

@@ -1,0 +1,316 @@
+package podio_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/memvisor/memvisor/pkg/connector"
+	"github.com/memvisor/memvisor/pkg/podio"
+	"github.com/memvisor/memvisor/pkg/podio/podioemu"
+)
+
+const (
+	fileSrcApp = 40001
+	fileDstApp = 40002
+)
+
+// fileApp is an app with a text, an image, a date and a calculation.
+func fileApp(id int64, token string) podioemu.App {
+	return podioemu.App{AppID: id, Name: "Files", AppToken: token, Fields: []podioemu.Field{
+		{ExternalID: "title", Type: "text", Label: "Title"},
+		{ExternalID: "photo", Type: "image", Label: "Photo"},
+		{ExternalID: "due", Type: "date", Label: "Due"},
+		{ExternalID: "score", Type: "calculation", Label: "Score"},
+	}}
+}
+
+// fileItem describes source item i: its files' sizes, its image's size
+// and its comments.
+type fileItem struct {
+	sizes    []int64
+	image    int64
+	comments int
+}
+
+// seedFiles adds the two file apps and the items to s; it returns the
+// source item ids in order.
+func seedFiles(t testing.TB, s *podioemu.Server, items []fileItem) []int64 {
+	t.Helper()
+	s.AddClient(clientID, clientSecret)
+	for _, a := range []podioemu.App{fileApp(fileSrcApp, srcToken), fileApp(fileDstApp, dstToken)} {
+		if _, err := s.AddApp(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ids []int64
+	for i, it := range items {
+		var fids []int64
+		for j, size := range it.sizes {
+			id, err := s.AddFile(podioemu.SeedFile{Name: fmt.Sprintf("doc-%d-%d.bin", i, j), Size: size, Seed: uint64(i*100 + j + 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fids = append(fids, id)
+		}
+		img, err := s.AddFile(podioemu.SeedFile{Name: fmt.Sprintf("photo-%d.png", i), Size: it.image, Seed: uint64(i*100 + 99), Mimetype: "image/png"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cs []podioemu.Comment
+		for c := range it.comments {
+			cs = append(cs, podioemu.Comment{Value: fmt.Sprintf("comment %d on item %d", c, i)})
+		}
+		raw := func(v any) json.RawMessage { b, _ := json.Marshal(v); return b }
+		id, err := s.Seed(podioemu.Item{AppID: fileSrcApp, FileIDs: fids, Comments: cs, Fields: map[string]json.RawMessage{
+			"title": raw(fmt.Sprintf("Item %d", i)), "photo": raw([]int64{img}),
+			"due":   raw(map[string]string{"start": fmt.Sprintf("2024-05-%02d 08:15:00", i%28+1)}),
+			"score": raw(i),
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// fileSig is how a file is compared: name, size and SHA-256.
+func fileSig(s *podioemu.Server, id int64) string {
+	fi, ok := s.File(id)
+	if !ok {
+		return fmt.Sprintf("missing file %d", id)
+	}
+	return fmt.Sprintf("%s/%d/%s", fi.Name, fi.Size, fi.SHA256)
+}
+
+// imageFileIDs reads the file ids of an item's image field from a dump.
+func imageFileIDs(t testing.TB, raw []byte) []int64 {
+	t.Helper()
+	var it podio.APIItem
+	if err := json.Unmarshal(raw, &it); err != nil {
+		t.Fatal(err)
+	}
+	var out []int64
+	for _, f := range it.Fields {
+		if f.Type != "image" {
+			continue
+		}
+		for _, v := range f.Values {
+			var x struct {
+				Value podio.FileRef `json:"value"`
+			}
+			json.Unmarshal(v, &x)
+			out = append(out, x.Value.FileID)
+		}
+	}
+	return out
+}
+
+// checkFilesCopied checks that every source item of the file apps is in
+// the target once, with byte-identical files attached once, the same
+// image, every comment once, and the date at the same instant.
+func checkFilesCopied(t testing.TB, s *podioemu.Server, srcIDs []int64) {
+	t.Helper()
+	type got struct {
+		id  int64
+		raw []byte
+	}
+	byExt := map[string][]got{}
+	for _, raw := range s.Items(fileDstApp) {
+		var it podio.APIItem
+		json.Unmarshal(raw, &it)
+		ext := ""
+		if it.ExternalID != nil {
+			ext = *it.ExternalID
+		}
+		byExt[ext] = append(byExt[ext], got{it.ItemID, raw})
+	}
+	if n := len(s.Items(fileDstApp)); n != len(srcIDs) {
+		t.Errorf("target has %d items, want %d", n, len(srcIDs))
+	}
+	srcRaw := map[int64][]byte{}
+	for _, raw := range s.Items(fileSrcApp) {
+		var it podio.APIItem
+		json.Unmarshal(raw, &it)
+		srcRaw[it.ItemID] = raw
+	}
+	for _, src := range srcIDs {
+		dst := byExt[fmt.Sprint(src)]
+		if len(dst) != 1 {
+			t.Errorf("source item %d is in the target %d times", src, len(dst))
+			continue
+		}
+		sigs := func(files []podioemu.FileInfo) []string {
+			var out []string
+			for _, f := range files {
+				out = append(out, fmt.Sprintf("%s/%d/%s", f.Name, f.Size, f.SHA256))
+			}
+			sort.Strings(out)
+			return out
+		}
+		if w, g := sigs(s.ItemFiles(src)), sigs(s.ItemFiles(dst[0].id)); !slices.Equal(w, g) {
+			t.Errorf("source item %d: target files %v, want %v", src, g, w)
+		}
+		wi, gi := imageFileIDs(t, srcRaw[src]), imageFileIDs(t, dst[0].raw)
+		if len(wi) != 1 || len(gi) != 1 || fileSig(s, wi[0]) != fileSig(s, gi[0]) {
+			t.Errorf("source item %d: image %v in the target, want a copy of %v", src, gi, wi)
+		}
+		var wc, gc []string
+		for _, c := range s.ItemComments(src) {
+			wc = append(wc, c.Value)
+		}
+		for _, c := range s.ItemComments(dst[0].id) {
+			gc = append(gc, c.Value)
+		}
+		if !slices.Equal(wc, gc) {
+			t.Errorf("source item %d: target comments %q, want %q", src, gc, wc)
+		}
+		var sf, df map[string]json.RawMessage
+		var si, di podio.APIItem
+		json.Unmarshal(srcRaw[src], &si)
+		json.Unmarshal(dst[0].raw, &di)
+		sf, df = podio.Flatten(si.Fields), podio.Flatten(di.Fields)
+		if string(sf["due"]) != string(df["due"]) || string(sf["title"]) != string(df["title"]) {
+			t.Errorf("source item %d: due %s title %s in the target, want %s %s", src, df["due"], df["title"], sf["due"], sf["title"])
+		}
+		if _, ok := df["score"]; ok {
+			t.Errorf("source item %d: the calculation was written", src)
+		}
+	}
+}
+
+func openFilePair(t *testing.T, s *podioemu.Server, mod func(*podio.Options), format string) (*podio.Source, *podio.Target, *podio.Client) {
+	t.Helper()
+	sc := newClient(t, s, appCreds(fileSrcApp, srcToken), mod)
+	src := podio.NewSource(podio.SourceOptions{Client: sc, AppID: fileSrcApp, PageSize: 50, Files: true, Comments: true})
+	tc := newClient(t, s, appCreds(fileDstApp, dstToken), mod)
+	dst, err := podio.OpenTarget(t.Context(), podio.TargetOptions{Client: tc, AppID: fileDstApp, PageSize: 50,
+		Write: podio.WriteOptions{Silent: true}, SourceClient: sc, Files: true, Comments: true, FilesConcurrency: 3,
+		ExternalIDFormat: format, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src, dst, tc
+}
+
+// Files, images and comments go across byte-identical and once each,
+// through lost answers and 5xx after the write; updating the items again
+// uploads nothing and comments nothing.
+func TestFilesAndCommentsCopiedOnce(t *testing.T) {
+	s := podioemu.New(podioemu.Config{Seed: 5})
+	var items []fileItem
+	for i := range 16 {
+		items = append(items, fileItem{sizes: []int64{int64(1000 + i*7919), int64(i * 40_000)}[:1+i%2], image: int64(2000 + i), comments: i % 4})
+	}
+	srcIDs := seedFiles(t, s, items)
+	if _, err := s.Start(""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	s.SetFaults(podioemu.Faults{LostResponseRate: 0.2, ServerErrorRate: 0.1, ServerErrorAfterCommit: 0.5})
+	src, dst, _ := openFilePair(t, s, func(o *podio.Options) { o.MaxAttempts = 20 }, "")
+	created, failed := migrate(t, src, dst, 5, 4)
+	if len(failed) > 0 {
+		t.Fatalf("%d items failed, e.g. %v", len(failed), failed[0])
+	}
+	st := s.Stats()
+	t.Logf("emulator: %+v", st)
+	if st.Lost == 0 || st.ServerErrors == 0 {
+		t.Fatalf("faults were not exercised: %+v", st)
+	}
+	if st.NotSilent != 0 || st.HooksFired != 0 {
+		t.Errorf("%d writes not silent, %d fired hooks", st.NotSilent, st.HooksFired)
+	}
+	checkFilesCopied(t, s, srcIDs)
+
+	// An update of every item: nothing is uploaded or posted again.
+	s.SetFaults(podioemu.Faults{})
+	before := s.Stats()
+	ctx := t.Context()
+	recs, _, err := src.Read(ctx, connector.Cursor{}, 100)
+	if err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if err := dst.Update(ctx, created[connector.ExternalID(r.Item.ID)], r.Item.Fields); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := s.Stats()
+	if after.Uploads != before.Uploads || after.Comments != before.Comments || after.Attached != before.Attached {
+		t.Errorf("updating copied items uploaded %d files, attached %d and posted %d comments; want none",
+			after.Uploads-before.Uploads, after.Attached-before.Attached, after.Comments-before.Comments)
+	}
+	checkFilesCopied(t, s, srcIDs)
+}
+
+// An item left unfinished (created, comments not all copied, as after a
+// kill) is finished by the next scan, each comment once; items the
+// original tool made (migrated-<id>) and items of another format are
+// recognized as the source items they came from.
+func TestScanFinishesAndAdopts(t *testing.T) {
+	s := podioemu.New(podioemu.Config{})
+	srcIDs := seedFiles(t, s, []fileItem{{image: 10, comments: 3}, {image: 11}, {image: 12}})
+	// Item 0 unfinished: one of its three comments was copied.
+	srcComments := s.ItemComments(srcIDs[0])
+	_ = srcComments
+	raw := func(v any) json.RawMessage { b, _ := json.Marshal(v); return b }
+	if _, err := s.Seed(podioemu.Item{AppID: fileDstApp, ExternalID: fmt.Sprintf("mv-%d.pending", srcIDs[0]),
+		Fields: map[string]json.RawMessage{"title": raw("Item 0")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Seed(podioemu.Item{AppID: fileDstApp, ExternalID: fmt.Sprintf("migrated-%d", srcIDs[1]),
+		Fields: map[string]json.RawMessage{"title": raw("Item 1")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Seed(podioemu.Item{AppID: fileDstApp, ExternalID: "crm-7",
+		Fields: map[string]json.RawMessage{"title": raw("other")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Start(""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	_, dst, _ := openFilePair(t, s, nil, "mv-{id}")
+	var exts []string
+	if _, err := dst.Scan(t.Context(), 0, func(it connector.TargetItem) error {
+		exts = append(exts, it.ExternalID)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{fmt.Sprint(srcIDs[0]), fmt.Sprint(srcIDs[1]), "crm-7"}
+	if !slices.Equal(exts, want) {
+		t.Fatalf("scan external ids %v, want %v", exts, want)
+	}
+	dump := s.Items(fileDstApp)
+	if !strings.Contains(string(dump[0]), fmt.Sprintf(`"external_id":"mv-%d"`, srcIDs[0])) {
+		t.Errorf("the unfinished item keeps its mark: %s", dump[0][:200])
+	}
+	var first podio.APIItem
+	json.Unmarshal(dump[0], &first)
+	if got := s.ItemComments(first.ItemID); len(got) != 3 {
+		t.Errorf("finished item has %d comments, want 3", len(got))
+	}
+	// Scanning again finishes nothing twice.
+	if _, err := dst.Scan(t.Context(), 0, func(connector.TargetItem) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.ItemComments(first.ItemID); len(got) != 3 {
+		t.Errorf("after a second scan the item has %d comments, want 3", len(got))
+	}
+	for i, src := range srcIDs[:2] {
+		id, found, err := dst.LookupExternal(t.Context(), fmt.Sprint(src))
+		if err != nil || !found {
+			t.Errorf("lookup of source item %d (%d): %v %v", i, src, found, err)
+		}
+		_ = id
+	}
+}

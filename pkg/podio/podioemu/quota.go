@@ -1,0 +1,125 @@
+package podioemu
+
+import (
+	"fmt"
+	"math"
+	"net/http"
+	"regexp"
+	"strconv"
+	"time"
+)
+
+// Podio's two rate-limit tiers: every call counts against the general
+// limit, and a call the API reference marks "Rate limited" also counts
+// against the lower one. Once either is spent, every call of that caller
+// is answered 420 until the spent window ends.
+const (
+	tierGeneral = "general"
+	tierLimited = "limited"
+)
+
+// limitedRoutes are the calls this emulator treats as "Rate limited":
+// the resource-intensive ones among those it serves (item filtering and
+// file upload), as the API reference marks them.
+var limitedRoutes = []struct {
+	method string
+	path   *regexp.Regexp
+}{
+	{http.MethodPost, regexp.MustCompile(`^/item/app/\d+/filter/?$`)},
+	{http.MethodPost, regexp.MustCompile(`^/file/v2/?$`)},
+}
+
+// IsRateLimitedCall reports whether the emulator counts a call against
+// the lower, "Rate limited" tier.
+func IsRateLimitedCall(method, path string) bool {
+	for _, r := range limitedRoutes {
+		if r.method == method && r.path.MatchString(path) {
+			return true
+		}
+	}
+	return false
+}
+
+type quotaWindow struct {
+	start time.Time
+	count int
+}
+
+// SetQuota replaces the general rate limit; the limited tier becomes a
+// quarter of it, as Podio's 1,000 and 250.
+func (s *Server) SetQuota(limit int, every time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg.RateLimit, s.cfg.LimitedRateLimit, s.cfg.RateWindow = limit, limit/4, every
+	s.windows = map[string]*quotaWindow{}
+}
+
+// window returns the caller's current window of a tier, starting a new
+// one when the last has ended.
+func (s *Server) window(identity, tier string, now time.Time, start bool) *quotaWindow {
+	k := identity + "|" + tier
+	w := s.windows[k]
+	if w == nil || !now.Before(w.start.Add(s.cfg.RateWindow)) {
+		if !start {
+			return nil
+		}
+		w = &quotaWindow{start: now}
+		s.windows[k] = w
+		s.stats.Windows++
+	}
+	return w
+}
+
+// limitOf is the ceiling of a tier; 0 means none.
+func (s *Server) limitOf(tier string) int {
+	if tier == tierLimited {
+		return s.cfg.LimitedRateLimit
+	}
+	return s.cfg.RateLimit
+}
+
+// charge counts one call of identity against its quota and sets the
+// rate-limit headers: X-Rate-Limit-Limit is the ceiling of this call's
+// tier and X-Rate-Limit-Remaining what is left of it. It returns a 420
+// when either tier is spent; a refused call is not counted.
+func (s *Server) charge(identity string, limited bool, h http.Header) (int, any, bool) {
+	if s.cfg.RateLimit <= 0 {
+		return 0, nil, true
+	}
+	now := s.now()
+	tiers := []string{tierGeneral}
+	if limited && s.cfg.LimitedRateLimit > 0 {
+		tiers = append(tiers, tierLimited)
+	}
+	own := tiers[len(tiers)-1]
+	// A spent tier refuses every call, of either tier.
+	for _, t := range []string{tierGeneral, tierLimited} {
+		lim := s.limitOf(t)
+		if lim <= 0 {
+			continue
+		}
+		if w := s.window(identity, t, now, false); w != nil && w.count >= lim {
+			ownW := s.window(identity, own, now, false)
+			rem := s.limitOf(own)
+			if ownW != nil {
+				rem = max(0, rem-ownW.count)
+			}
+			h.Set("X-Rate-Limit-Limit", strconv.Itoa(s.limitOf(own)))
+			h.Set("X-Rate-Limit-Remaining", strconv.Itoa(rem))
+			s.stats.Quota420++
+			wait := int(math.Ceil(w.start.Add(s.cfg.RateWindow).Sub(now).Seconds()))
+			return 420, errBody{"rate_limit", fmt.Sprintf("You have hit the rate limit. Please wait %d seconds before trying again", max(wait, 1))}, false
+		}
+	}
+	for _, t := range tiers {
+		w := s.window(identity, t, now, true)
+		w.count++
+		if t == tierLimited {
+			s.stats.LimitedAllowed++
+		}
+	}
+	w := s.window(identity, own, now, true)
+	h.Set("X-Rate-Limit-Limit", strconv.Itoa(s.limitOf(own)))
+	h.Set("X-Rate-Limit-Remaining", strconv.Itoa(max(0, s.limitOf(own)-w.count)))
+	return 0, nil, true
+}
