@@ -121,7 +121,7 @@ func TestNextjsApp(t *testing.T) {
 	copyApp(t, src, app)
 	buildCtx, cancelBuild := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancelBuild()
-	runIn(t, buildCtx, app, nextEnv(), npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error")
+	runIn(t, buildCtx, app, nextEnv(), npm, "ci", "--ignore-scripts", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error")
 	nextBin := filepath.Join(app, "node_modules", "next", "dist", "bin", "next")
 	runIn(t, buildCtx, app, nextEnv(), node, nextBin, "build")
 
