@@ -353,11 +353,25 @@ func drivePage(t *testing.T, chrome, base, dataRoot string, p *proc) {
 	ctx, cancel := context.WithTimeout(bctx, 3*time.Minute)
 	defer cancel()
 
-	// Start a migration slow enough to pause: 6000 items in batches of 50,
-	// 50 ms apart.
+	// A target outside the data root: the route handler refuses it, and
+	// the page says which field is wrong.
 	err := chromedp.Do(ctx,
 		chromedp.Navigate(base+"/"),
 		chromedp.WaitVisible(chromedp.CSS(`#start-form[data-ready=true]`)),
+		fill("target", "/tmp/elsewhere.jsonl"),
+		chromedp.Click(chromedp.CSS(`#start`)),
+		chromedp.WaitVisible(chromedp.CSS(`#error`)),
+	)
+	if err != nil {
+		t.Fatalf("start a refused migration: %v", err)
+	}
+	if msg, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`#error`))); err != nil || !strings.Contains(msg, "target.path") {
+		t.Errorf("the page's error for a target outside the data root: %q, %v; want it to name target.path", msg, err)
+	}
+
+	// Start a migration slow enough to pause: 6000 items in batches of 50,
+	// 50 ms apart.
+	err = chromedp.Do(ctx,
 		fill("count", "6000"),
 		fill("target", filepath.Join(dataRoot, "nextjs.jsonl")),
 		fill("throttle", "50"),
