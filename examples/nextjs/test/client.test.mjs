@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 import { createClient, isFinished, MemvisorError, readEvents } from "../memvisor.mjs";
-import { makeProxy } from "../app/api/memvisor/[...path]/route.mjs";
+import { makeProxy } from "../lib/proxy.mjs";
 
 const url = process.env.MEMVISOR_URL;
 const token = process.env.MEMVISOR_TOKEN;
@@ -104,10 +104,10 @@ test("a wrong token is refused", async () => {
   await assert.rejects(bad.listJobs(), (e) => e.status === 401 && e.code === "unauthorized");
 });
 
-test("the route handler proxies with the token kept server side", async () => {
+test("the route handler proxies the page's routes with the token kept server side", async () => {
   const seen = [];
   const proxy = makeProxy({
-    url, token,
+    config: { url, token, dataRoot: dir },
     fetchImpl: (u, init) => { seen.push(init.headers.get("authorization")); return fetch(u, init); },
   });
   const call = (method, path, body) => proxy(
@@ -116,10 +116,17 @@ test("the route handler proxies with the token kept server side", async () => {
     }),
     { params: Promise.resolve({ path: path.split("?")[0].split("/") }) },
   );
-  const s = spec(300);
+  // The shape the page sends.
+  const s = {
+    source: { type: "synthetic", count: 300, seed: 3 },
+    target: { type: "jsonl", path: join(dir, "proxied.jsonl") },
+    match: { source_field: "email", target_field: "email" },
+    batch_size: 50,
+    inject: { slow_batch: "5ms" },
+  };
   let res = await call("POST", "v1/jobs", s);
   assert.equal(res.status, 201);
-  assert.equal((await res.json()).id, s.id);
+  const { id } = await res.json();
   assert.equal(seen.at(-1), "Bearer " + token);
 
   // The browser side: EventSource through the proxy, no token.
@@ -138,13 +145,19 @@ test("the route handler proxies with the token kept server side", async () => {
     close() { this.ctl.abort(); }
   }
   const browser = createClient({ baseUrl: "http://app.local/api/memvisor", EventSource: FetchEventSource });
-  const done = await new Promise((resolve) => browser.subscribe(s.id, (kind, ev) => { if (kind === "done") resolve(ev); }));
+  const done = await new Promise((resolve) => browser.subscribe(id, (kind, ev) => { if (kind === "done") resolve(ev); }));
   assert.equal(done.view.status, "completed");
+  assert.equal(done.view.progress.percent, 100);
 
-  res = await call("GET", "v1/jobs/" + s.id);
-  assert.equal((await res.json()).progress.percent, 100);
-  res = await call("GET", "metrics");
-  assert.equal(res.status, 404, "only API routes pass the proxy");
-  const body = JSON.stringify(await (await call("GET", "v1/jobs?limit=5")).json());
-  assert.ok(!body.includes(token), "no token in what the browser gets");
+  // A finished job cannot be paused: the API's own 409 passes through.
+  res = await call("POST", `v1/jobs/${id}/pause`);
+  assert.equal(res.status, 409);
+  assert.equal((await res.json()).error.code, "conflict");
+
+  // Routes the page does not use do not pass.
+  for (const [method, path, want] of [["GET", "metrics", 404], ["GET", "v1/jobs/" + id, 404], ["GET", "v1/jobs", 405], ["GET", `v1/jobs/${id}/failed`, 404]]) {
+    res = await call(method, path);
+    assert.equal(res.status, want, `${method} ${path}`);
+    assert.ok(!(await res.text()).includes(token), "no token in what the browser gets");
+  }
 });
