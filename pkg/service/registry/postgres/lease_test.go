@@ -85,37 +85,49 @@ func TestFailoverFencesThePausedNode(t *testing.T) {
 	}
 }
 
-// TestSQLFenceHoldsWhenTheLocalClockLies gives node a a clock that never
-// moves, so its local fence never fires: the checkpoint write must still
-// be refused by the database once b owns the job.
+// TestSQLFenceHoldsWhenTheLocalClockLies gives the old owner a clock that
+// never moves, so its local fence never fires: its checkpoint write must
+// still be refused by the database once the job has a new owner, be it
+// another node or a restarted process with the same node id.
 func TestSQLFenceHoldsWhenTheLocalClockLies(t *testing.T) {
-	const ttl = time.Second
-	dsn := pgtest.NewDatabase(t)
-	frozen := time.Now()
-	a := node(t, dsn, "a", postgres.Options{LeaseTTL: ttl, Now: func() time.Time { return frozen }})
-	b := node(t, dsn, "b", postgres.Options{LeaseTTL: ttl})
-	create(t, a, "job1", "", registry.StatusQueued)
-	ca := claimWithin(t, a, 10*time.Second)
-	cb := claimWithin(t, b, 30*time.Second)
-	if cb.Job.Epoch() <= ca.Job.Epoch() {
-		t.Fatalf("b's epoch %d, want above a's %d", cb.Job.Epoch(), ca.Job.Epoch())
-	}
-	if err := ca.Fence(); err != nil {
-		t.Fatalf("the frozen clock should keep a's local fence open, got %v", err)
-	}
-	if err := a.SaveCheckpoint(t.Context(), ca.Job, checkpoint.Checkpoint{JobID: "job1", Seq: 7}); !errors.Is(err, postgres.ErrLeaseLost) {
-		t.Errorf("a's stale-epoch checkpoint: got %v, want ErrLeaseLost from the database", err)
-	}
-	if _, _, err := b.LoadCheckpoint(t.Context(), "job1"); !errors.Is(err, checkpoint.ErrNotExist) {
-		t.Errorf("after the refused write: got %v, want no checkpoint", err)
-	}
-	// Refused once, a knows it: the local fence is now closed too.
-	if err := ca.Fence(); !errors.Is(err, postgres.ErrLeaseLost) {
-		t.Errorf("a's fence after the refusal: got %v", err)
-	}
-	// A checkpoint of another job under this lease is refused outright.
-	if err := b.SaveCheckpoint(t.Context(), cb.Job, checkpoint.Checkpoint{JobID: "other"}); err == nil {
-		t.Error("a checkpoint of another job was written under job1's lease")
+	for _, newOwner := range []string{"b", "a"} {
+		t.Run("new owner "+newOwner, func(t *testing.T) {
+			const ttl = time.Second
+			dsn := pgtest.NewDatabase(t)
+			frozen := time.Now()
+			a := node(t, dsn, "a", postgres.Options{LeaseTTL: ttl, Now: func() time.Time { return frozen }})
+			b := node(t, dsn, newOwner, postgres.Options{LeaseTTL: ttl})
+			create(t, a, "job1", "", registry.StatusQueued)
+			ca := claimWithin(t, a, 10*time.Second)
+			cb := claimWithin(t, b, 30*time.Second)
+			if cb.Job.Epoch() <= ca.Job.Epoch() {
+				t.Fatalf("new owner's epoch %d, want above the old one's %d", cb.Job.Epoch(), ca.Job.Epoch())
+			}
+			if err := ca.Fence(); err != nil {
+				t.Fatalf("the frozen clock should keep the old owner's local fence open, got %v", err)
+			}
+			if err := a.SaveCheckpoint(t.Context(), ca.Job, checkpoint.Checkpoint{JobID: "job1", Seq: 7}); !errors.Is(err, postgres.ErrLeaseLost) {
+				t.Errorf("stale-epoch checkpoint: got %v, want ErrLeaseLost from the database", err)
+			}
+			if _, _, err := b.LoadCheckpoint(t.Context(), "job1"); !errors.Is(err, checkpoint.ErrNotExist) {
+				t.Errorf("after the refused write: got %v, want no checkpoint", err)
+			}
+			// Refused once, the old owner knows it: its local fence is
+			// closed too.
+			if err := ca.Fence(); !errors.Is(err, postgres.ErrLeaseLost) {
+				t.Errorf("fence after the refusal: got %v", err)
+			}
+			if err := ca.Job.Renew(t.Context()); !errors.Is(err, postgres.ErrLeaseLost) {
+				t.Errorf("renewal by the old owner: got %v", err)
+			}
+			if err := b.SaveCheckpoint(t.Context(), cb.Job, checkpoint.Checkpoint{JobID: "job1", Seq: 1}); err != nil {
+				t.Errorf("new owner's checkpoint: %v", err)
+			}
+			// A checkpoint of another job under this lease is refused.
+			if err := b.SaveCheckpoint(t.Context(), cb.Job, checkpoint.Checkpoint{JobID: "other"}); err == nil {
+				t.Error("a checkpoint of another job was written under job1's lease")
+			}
+		})
 	}
 }
 

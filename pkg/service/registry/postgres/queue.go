@@ -73,8 +73,13 @@ func (s *Store) Claim(ctx context.Context) (*Claim, error) {
 			SELECT j.id, j.quota_key FROM jobs j
 			LEFT JOIN leases l ON l.name = 'job/' || j.id
 			WHERE j.status IN ('queued', 'running') AND (l.name IS NULL OR l.expires_at <= now())
+			  -- Jobs whose quota is all taken would fill the batch and
+			  -- starve the jobs behind them.
+			  AND (j.quota_key = '' OR (
+				SELECT count(*) FROM leases q
+				WHERE q.name LIKE 'quota/' || j.quota_key || '/%' AND q.expires_at > now()) < $2)
 			ORDER BY j.seq LIMIT $1
-			FOR UPDATE OF j SKIP LOCKED`, claimBatch)
+			FOR UPDATE OF j SKIP LOCKED`, claimBatch, s.shares)
 		if err != nil {
 			return err
 		}
