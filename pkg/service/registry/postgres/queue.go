@@ -1,0 +1,179 @@
+package postgres
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/memvisor/memvisor/pkg/service/registry"
+)
+
+// Claim is a job this node took from the queue: the job's lease, and the
+// quota share it runs under, if it uses a shared quota.
+type Claim struct {
+	Record registry.Record
+	Job    *Lease
+	// Quota is nil for a job without a quota key.
+	Quota *Lease
+	// QuotaShares is how many jobs may share the quota at once; the job's
+	// rate gate allows it 1/QuotaShares of the quota.
+	QuotaShares int
+}
+
+// Leases returns the claim's leases, for Keep.
+func (c *Claim) Leases() []*Lease { return []*Lease{c.Job, c.Quota} }
+
+// Fence fails once either lease is lost.
+func (c *Claim) Fence() error {
+	if err := c.Job.Fence(); err != nil {
+		return err
+	}
+	if c.Quota != nil {
+		return c.Quota.Fence()
+	}
+	return nil
+}
+
+// Release gives up the claim's leases: after the job finished or paused,
+// and its writer stopped.
+func (c *Claim) Release(ctx context.Context) error {
+	var errs []error
+	if c.Quota != nil {
+		errs = append(errs, c.Quota.Release(ctx))
+	}
+	errs = append(errs, c.Job.Release(ctx))
+	return errors.Join(errs...)
+}
+
+// claimBatch is how many candidate jobs one Claim looks at; the rest wait
+// for the next call.
+const claimBatch = 16
+
+// Claim takes the oldest job that no live node owns: a queued job, or a
+// running job whose owner's lease has expired (the owner died, hangs, or
+// is cut off; failover). It takes the job's lease, and a share of its
+// quota if it has a quota key, marks the job running on this node, and
+// returns ErrNoJob when there is nothing to take.
+//
+// The queue is the jobs table itself, read with SELECT ... FOR UPDATE SKIP
+// LOCKED: nodes claiming at once skip each other's candidates instead of
+// waiting, and the lease rows, not the row locks, say who owns a job once
+// the transaction ends.
+func (s *Store) Claim(ctx context.Context) (*Claim, error) {
+	var c *Claim
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			SELECT j.id, j.quota_key FROM jobs j
+			LEFT JOIN leases l ON l.name = 'job/' || j.id
+			WHERE j.status IN ('queued', 'running') AND (l.name IS NULL OR l.expires_at <= now())
+			  -- Jobs whose quota is all taken would fill the batch and
+			  -- starve the jobs behind them.
+			  AND (j.quota_key = '' OR (
+				SELECT count(*) FROM leases q
+				WHERE q.name LIKE 'quota/' || j.quota_key || '/%' AND q.expires_at > now()) < $2)
+			ORDER BY j.seq LIMIT $1
+			FOR UPDATE OF j SKIP LOCKED`, claimBatch, s.shares)
+		if err != nil {
+			return err
+		}
+		type cand struct{ id, quota string }
+		var cands []cand
+		for rows.Next() {
+			var x cand
+			if err := rows.Scan(&x.id, &x.quota); err != nil {
+				rows.Close()
+				return err
+			}
+			cands = append(cands, x)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, x := range cands {
+			c, err = s.claimOne(ctx, tx, x.id, x.quota)
+			if err != nil || c != nil {
+				return err
+			}
+		}
+		return ErrNoJob
+	})
+	if err != nil {
+		if errors.Is(err, ErrNoJob) {
+			return nil, ErrNoJob
+		}
+		return nil, fmt.Errorf("claim a job: %w", err)
+	}
+	return c, nil
+}
+
+// claimOne takes job id's leases inside a savepoint, so that a job whose
+// quota is spent leaves no trace; it returns nil, nil for such a job.
+func (s *Store) claimOne(ctx context.Context, tx pgx.Tx, id, quota string) (*Claim, error) {
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer sp.Rollback(ctx)
+	c := &Claim{QuotaShares: s.shares}
+	if quota != "" {
+		for slot := range s.shares {
+			c.Quota, err = s.acquire(ctx, sp, fmt.Sprintf("quota/%s/%d", quota, slot), id)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, ErrHeld) {
+				return nil, err
+			}
+		}
+		if c.Quota == nil {
+			return nil, nil
+		}
+	}
+	c.Job, err = s.acquire(ctx, sp, jobLease(id), id)
+	if errors.Is(err, ErrHeld) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.Record, err = scanRecord(sp.QueryRow(ctx, `SELECT seq, record FROM jobs WHERE id = $1`, id))
+	if err != nil {
+		return nil, err
+	}
+	c.Record.Status = registry.StatusRunning
+	c.Record.Updated = time.Now().UTC()
+	data, err := json.Marshal(&c.Record)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := sp.Exec(ctx, `UPDATE jobs SET status = 'running', node = $2, record = $3, updated_at = now() WHERE id = $1`,
+		id, s.node, string(data)); err != nil {
+		return nil, err
+	}
+	if err := sp.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// QuotaKey returns the quota key of one set of Podio credentials: a
+// SHA-256 of the API base URL, the client id and the principal the quota
+// belongs to (the user name of the password flow, or the app id of the
+// app flow), as Podio counts its limits per user per API key. The key
+// identifies the credentials without holding them; never pass a secret
+// (a password, a token) as the principal.
+func QuotaKey(apiURL, clientID, principal string) string {
+	h := sha256.New()
+	for _, part := range []string{"memvisor-podio-quota-v1", strings.TrimRight(apiURL, "/"), clientID, principal} {
+		fmt.Fprintf(h, "%d:%s;", len(part), part)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
