@@ -64,7 +64,10 @@ install: build
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/memvisor
 	install -m 0755 $(BIN)/supervisor $(BIN)/runner $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 deploy/systemd/memvisor.service $(DESTDIR)/etc/systemd/system/
-	test -e $(DESTDIR)/etc/memvisor/config.yaml || install -m 0640 deploy/config.yaml $(DESTDIR)/etc/memvisor/config.yaml
+# The config holds no secret, and the unit's DynamicUser must read it.
+	test -e $(DESTDIR)/etc/memvisor/config.yaml || install -m 0644 deploy/config.yaml $(DESTDIR)/etc/memvisor/config.yaml
+# The token stays root-only: the unit passes it with LoadCredential=.
+	test -e $(DESTDIR)/etc/memvisor/api-token || (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(DESTDIR)/etc/memvisor/api-token)
 
 clean:
 	rm -rf $(BIN) state .demo .faults

@@ -34,6 +34,8 @@ func TestUnitVerifies(t *testing.T) {
 		"Type=notify", "NotifyAccess=main", "WatchdogSec=", "KillMode=mixed", "OOMPolicy=continue",
 		"TimeoutStopSec=", "MemoryHigh=", "MemoryMax=", "StateDirectory=memvisor", "DynamicUser=yes",
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "RestrictAddressFamilies=",
+		"ProtectProc=invisible", "ProcSubset=pid", "SystemCallFilter=@system-service", "IPAddressDeny=169.254.0.0/16",
+		"LoadCredential=api-token:/etc/memvisor/api-token",
 		"ExecStart=/usr/local/bin/supervisor serve --config /etc/memvisor/config.yaml",
 	} {
 		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(want)).MatchString(unit) {
@@ -144,5 +146,29 @@ func TestNotifySequence(t *testing.T) {
 	}
 	if err := p2.stop(syscall.SIGTERM, 30*time.Second); err != nil {
 		t.Errorf("second stop: %v", err)
+	}
+}
+
+// TestInstallModes checks what make install does with the config and the
+// token: the config is 0644, so that the unit's DynamicUser can read it,
+// and the token it makes is root-only, for LoadCredential=.
+func TestInstallModes(t *testing.T) {
+	mk, err := exec.LookPath("make")
+	if err != nil {
+		t.Skip("make is not installed")
+	}
+	cmd := exec.Command(mk, "-n", "install", "DESTDIR=/dest")
+	cmd.Dir = "../../.."
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("make -n install: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"install -m 0644 deploy/config.yaml /dest/etc/memvisor/config.yaml",
+		"test -e /dest/etc/memvisor/api-token || (umask 077 && ",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("make install lacks %q:\n%s", want, out)
+		}
 	}
 }
