@@ -17,8 +17,9 @@ type Runner interface {
 	// GC runs runtime.GC and debug.FreeOSMemory and reports the figures
 	// before and after.
 	GC(ctx context.Context) (GCResult, error)
-	// Drain stops starting batches, finishes the batch in flight, commits
-	// its checkpoint and a cache snapshot, and returns the checkpoint. It
+	// Drain stops issuing writes at once, waits only for the writes in
+	// flight, commits a checkpoint that records the done items of the
+	// partial batch, and a cache snapshot, and returns the checkpoint. It
 	// must return before deadline.
 	Drain(ctx context.Context, deadline time.Time) (Checkpoint, error)
 	// Cancel stops the job after the batch in flight, commits, and marks

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -121,4 +122,40 @@ func bareCopy(b *testing.B, path string) float64 {
 	w.Flush()
 	f.Sync()
 	return benchItems / time.Since(start).Seconds()
+}
+
+// BenchmarkGuardThroughput runs the runner on the same 400,000 synthetic
+// items with the memory guard on and off, alternating, twice each, and
+// reports the ratio of the best runs: what the guard costs the runner.
+func BenchmarkGuardThroughput(b *testing.B) {
+	bin := testbin.Path(b, "runner")
+	const items = 400_000
+	run := func(guard bool) float64 {
+		dir := b.TempDir()
+		job := filepath.Join(dir, "job.yaml")
+		os.WriteFile(job, []byte(`id: guardbench
+state_dir: ./state
+source: {type: synthetic, count: 400000, seed: 1, payload_bytes: 150, duplicate_rate: 0.02}
+target: {type: jsonl, path: target.jsonl}
+match: {source_field: email, target_field: email}
+batch_size: 500
+concurrency: 5
+memory: {limit: 512MiB}
+`), 0o644)
+		cmd := exec.Command(bin, "run", job, "--log-level", "warn", "--guard="+strconv.FormatBool(guard))
+		cmd.Dir = dir
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("runner: %v\n%s", err, out)
+		}
+		return items / time.Since(start).Seconds()
+	}
+	var on, off float64
+	for range 2 {
+		off = max(off, run(false))
+		on = max(on, run(true))
+	}
+	benchfmt.Report(b, "guard_off_items_per_s", off, "items/s")
+	benchfmt.Report(b, "guard_on_items_per_s", on, "items/s")
+	benchfmt.Report(b, "guard_throughput_ratio", on/off, "ratio")
 }

@@ -43,18 +43,20 @@ func GuardFor(budget uint64, mem job.Memory) plugin.Guard {
 
 const (
 	// guardEvery is how many writes pass between two measurements. A
-	// measurement reads /proc/self/statm (a few microseconds); a write to
-	// a local file takes about as long, so measuring every write would
-	// cost a large share of the throughput. At 2 KiB leaked per item,
-	// 128 writes are 256 KiB.
-	guardEvery = 128
+	// measurement is a pread of /proc/self/statm: 3 to 25 us here,
+	// depending on load (BENCH guard_measure_us), while a write to a local
+	// file takes a few microseconds, so measuring every write would cost a
+	// large share of the throughput. At 2 KiB leaked per item, 1024
+	// writes are 2 MiB, and at 200,000 writes a second they take 5 ms.
+	guardEvery = 1024
 	// guardTick bounds the time between two measurements when writes are
 	// slow or stalled; docs/design.md asks for at most 25 ms.
 	guardTick = 10 * time.Millisecond
 )
 
 // guard is the runner's own memory guard. Writers and commits only count
-// and poke it (an atomic add, and now and then a non-blocking send); its
+// and poke it (every write is counted, every guardEvery-th write and
+// every commit pokes) (an atomic add, and now and then a non-blocking send); its
 // own goroutine measures RSS and acts, so no write waits for a
 // measurement or a collection.
 type guard struct {
