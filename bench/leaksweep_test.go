@@ -108,7 +108,11 @@ func runSweepPoint(b *testing.B, sup, runner, dir string, p leakPoint) sweepResu
 	jobPath := sweepJob(b, dir, p)
 	summary := filepath.Join(dir, "sweep-"+p.name+".summary.json")
 	s := sampleRSS(runner, 50*time.Millisecond)
-	cmd := exec.Command(sup, "run", jobPath, "--summary", summary, "--runner", runner, "--log-level", "warn")
+	level := "warn"
+	if os.Getenv("LEAK_SWEEP_LOGS") != "" {
+		level = "info"
+	}
+	cmd := exec.Command(sup, "run", jobPath, "--summary", summary, "--runner", runner, "--log-level", level, "--log-format", "json")
 	cmd.Dir = dir
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -152,6 +156,10 @@ func runSweepPoint(b *testing.B, sup, runner, dir string, p leakPoint) sweepResu
 	if err := json.Unmarshal(data, &sum); err != nil {
 		b.Fatalf("%s: summary: %v", p.name, err)
 	}
+	if logs := os.Getenv("LEAK_SWEEP_LOGS"); logs != "" {
+		// Keep the supervisor's log of the point, to see why it restarted.
+		os.WriteFile(filepath.Join(logs, "sweep-"+p.name+".log"), []byte(stderr.String()), 0o644)
+	}
 	if sum.Status != "completed" && sum.Status != "paused" {
 		b.Fatalf("%s: the job ended %s; supervisor: %v\n%s", p.name, sum.Status, err, stderr.String())
 	}
@@ -171,7 +179,8 @@ func runSweepPoint(b *testing.B, sup, runner, dir string, p leakPoint) sweepResu
 // 80 MiB/s under the supervisor's default policy and a 128 MiB budget,
 // and reports the kills over every point, the share of restarts that were
 // graceful, and the highest peak RSS over the budget. LEAK_SWEEP=name,...
-// runs only the points named.
+// runs only the points named; LEAK_SWEEP_LOGS=DIR keeps each point's
+// supervisor log there.
 func BenchmarkLeakSweep(b *testing.B) {
 	runner := testbin.Path(b, "runner")
 	sup := testbin.Path(b, "supervisor")

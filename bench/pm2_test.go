@@ -1,10 +1,12 @@
 package bench_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,3 +107,89 @@ func leakRate(s *rssSampler) float64 {
 	}
 	return best
 }
+
+// BenchmarkPM2LeakSweep runs the standalone runner on the points of the
+// leak sweep under PM2 with max_memory_restart at the same 128 MiB
+// budget, and reports PM2's restarts (each one SIGINT, then SIGKILL after
+// kill_timeout) and the peak RSS over the budget. A point runs until its
+// job ends or for pm2SweepWindow: PM2 checks memory every 30 s.
+func BenchmarkPM2LeakSweep(b *testing.B) {
+	pm2 := installPM2(b)
+	runner := testbin.Path(b, "runner")
+	dir := b.TempDir()
+	env := append(os.Environ(), "PM2_HOME="+filepath.Join(dir, "pm2home"))
+	pm := func(args ...string) []byte {
+		cmd := exec.Command(pm2, args...)
+		cmd.Env, cmd.Dir = env, dir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			b.Fatalf("pm2 %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	defer pm("kill")
+	known, why := timeLeakKnown()
+	only := os.Getenv("LEAK_SWEEP")
+	restarts, worst, ran := 0, 0.0, 0
+	for _, p := range sweepPoints {
+		if only != "" && !strings.Contains(","+only+",", ","+p.name+",") {
+			continue
+		}
+		if p.perSecond > 0 && !known {
+			b.Logf("skipping the %s point: the job parser does not know inject.leak_bytes_per_second (%s)", p.name, why)
+			continue
+		}
+		jobPath := sweepJob(b, dir, p)
+		name := "sweep-" + p.name
+		s := sampleRSS(runner, 50*time.Millisecond)
+		// No autorestart: a runner that finished its job stays stopped;
+		// PM2 still restarts one over max_memory_restart.
+		pm("start", runner, "--name", name, "--no-autorestart", "--max-memory-restart", fmt.Sprintf("%dM", sweepBudget>>20),
+			"--", "run", jobPath, "--log-level", "warn")
+		deadline := time.Now().Add(pm2SweepWindow)
+		n := 0
+		for time.Now().Before(deadline) {
+			time.Sleep(time.Second)
+			var procs []struct {
+				Name   string `json:"name"`
+				PM2Env struct {
+					Status      string `json:"status"`
+					RestartTime int    `json:"restart_time"`
+				} `json:"pm2_env"`
+			}
+			if err := json.Unmarshal(pm("jlist"), &procs); err != nil {
+				b.Fatalf("pm2 jlist: %v", err)
+			}
+			stopped := false
+			for _, pr := range procs {
+				if pr.Name == name {
+					n = pr.PM2Env.RestartTime
+					stopped = pr.PM2Env.Status == "stopped" || pr.PM2Env.Status == "errored"
+				}
+			}
+			if stopped {
+				break
+			}
+		}
+		peak := s.Stop()
+		pm("delete", name)
+		os.RemoveAll(filepath.Join(dir, "state", name))
+		os.Remove(filepath.Join(dir, name+"-target.jsonl"))
+		ran++
+		over := float64(peak) / sweepBudget
+		b.Logf("%s under PM2: %d restarts, peak %.0f MiB (%.2f of the budget)", p.name, n, float64(peak)/(1<<20), over)
+		benchfmt.Report(b, "pm2_leak_sweep_"+p.name+"_restarts", float64(n), "restarts")
+		benchfmt.Report(b, "pm2_leak_sweep_"+p.name+"_peak_over_budget", over, "ratio")
+		restarts += n
+		worst = max(worst, over)
+	}
+	if ran == 0 {
+		b.Skip("no point of the sweep ran")
+	}
+	benchfmt.Report(b, "pm2_leak_sweep_restarts_total", float64(restarts), "restarts")
+	benchfmt.Report(b, "pm2_leak_sweep_peak_over_budget_max", worst, "ratio")
+}
+
+// pm2SweepWindow bounds one point of the PM2 sweep: long enough for one
+// of PM2's 30 s memory checks.
+const pm2SweepWindow = 45 * time.Second

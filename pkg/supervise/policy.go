@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/memvisor/memvisor/pkg/job"
@@ -149,8 +150,8 @@ type Action struct {
 //     sample intervals, a graceful restart is asked for at once: a fast
 //     leak would otherwise cross the ceiling before the cooldown ends,
 //     and be killed instead of drained. A spike that GC frees is not;
-//   - from the warning level up, when the last samples all rose, usage
-//     projected at the slowest of their rates to now + the drain time +
+//   - from the warning level up, when the last samples climb, usage
+//     projected at the median of their rates to now + the drain time +
 //     one sample interval at or above KillPercent asks for a graceful
 //     restart at once, whatever the GC cooldown says: the drain must
 //     finish before the leak reaches the kill line. The drain time is
@@ -231,27 +232,34 @@ func (p *Policy) DrainDone(d time.Duration) {
 	p.drainTime -= (p.drainTime - d) / 4
 }
 
-// growth returns the recent growth rate in bytes a second and the
-// sample interval, when the last climbSamples samples all rose. The
-// rate is the slowest interval's: a leak rises at a steady pace, while a
-// one-off spike is one steep step among slow ones and must be left to
-// GC; a single flat or falling interval means no trend at all.
+// growth returns the recent growth rate in bytes a second, when the
+// last of the climbSamples samples rose and so did the trend. The rate is
+// the median of the intervals' rates (a flat or falling one counts as
+// zero): a leak rises at a steady pace, though a collection of the
+// runner's own can flatten one interval; a one-off spike is one steep
+// step among slow ones, which the median ignores, and is left to GC. A
+// last interval that did not rise means the climb has stopped, for now.
 func (p *Policy) growth() (rate float64, ok bool) {
 	if p.nrecent < climbSamples {
 		return 0, false
 	}
+	var rates [climbSamples - 1]float64
 	for i := 1; i < climbSamples; i++ {
 		prev, cur := p.recent[i-1], p.recent[i]
 		dt := cur.Time.Sub(prev.Time).Seconds()
-		if cur.Usage() <= prev.Usage() || dt <= 0 {
+		if dt <= 0 {
 			return 0, false
 		}
-		r := float64(cur.Usage()-prev.Usage()) / dt
-		if i == 1 || r < rate {
-			rate = r
+		if cur.Usage() > prev.Usage() {
+			rates[i-1] = float64(cur.Usage()-prev.Usage()) / dt
 		}
 	}
-	return rate, true
+	if rates[len(rates)-1] == 0 {
+		return 0, false
+	}
+	slices.Sort(rates[:])
+	rate = rates[len(rates)/2]
+	return rate, rate > 0
 }
 
 // predict reports whether, at the recent growth rate, usage would reach

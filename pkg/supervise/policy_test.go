@@ -348,6 +348,13 @@ func TestPolicyPredicts(t *testing.T) {
 			{1250 * ms, 745, 0, nil},
 			{1500 * ms, 748, 0, nil},
 		}},
+		{"a leak with one flat interval (a collection of the runner's own)", nil, []step{
+			{0, 700, 0, nil},
+			{250 * ms, 780, 0, []string{"level:ok>warning"}},
+			{500 * ms, 780, 0, nil},
+			// Rates 320, 0, 320 B/s: median 320; 860 + 320 * 1.25s > 950.
+			{750 * ms, 860, 0, []string{"level:warning>critical", "restart"}},
+		}},
 		{"a climb that stopped", nil, []step{
 			{0, 700, 0, nil},
 			{250 * ms, 800, 0, []string{"level:ok>warning"}},

@@ -562,6 +562,14 @@ func (ss *session) onRPC(res rpcResult) {
 			case errors.Is(res.err, plugin.ErrFinished):
 				// The job ended first; Stats will say how.
 				if st, err := ss.r.Stats(ss.actx); err == nil {
+					if st.State == plugin.StateDrained {
+						// Its own guard drained it first: the checkpoint
+						// is committed all the same.
+						s.takeStats(st)
+						c.Kill()
+						ss.f.end = endDrained
+						return
+					}
 					ss.ended(st.State, st.Error, nil)
 					if ss.f.end != endNone {
 						return
