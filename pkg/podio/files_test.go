@@ -186,7 +186,11 @@ func checkFilesCopied(t testing.TB, s *podioemu.Server, srcIDs []int64) {
 	}
 }
 
-func openFilePair(t *testing.T, s *podioemu.Server, mod func(*podio.Options), format string) (*podio.Source, *podio.Target, *podio.Client) {
+func openFilePairTB(t testing.TB, s *podioemu.Server) (*podio.Source, *podio.Target, *podio.Client) {
+	return openFilePair(t, s, nil, "")
+}
+
+func openFilePair(t testing.TB, s *podioemu.Server, mod func(*podio.Options), format string) (*podio.Source, *podio.Target, *podio.Client) {
 	t.Helper()
 	sc := newClient(t, s, appCreds(fileSrcApp, srcToken), mod)
 	src := podio.NewSource(podio.SourceOptions{Client: sc, AppID: fileSrcApp, PageSize: 50, Files: true, Comments: true})

@@ -365,6 +365,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("PUT /item/{item_id}", s.api(s.handleUpdate))
 	mux.HandleFunc("POST /file/v2/{$}", s.handleUpload)
 	mux.HandleFunc("POST /file/{$}", s.handleUpload)
+	mux.HandleFunc("POST /file", s.handleUpload) // podio-js posts here
 	mux.HandleFunc("GET /file/{file_id}", s.api(s.handleFile))
 	mux.HandleFunc("GET /file/{file_id}/raw", s.handleRaw)
 	mux.HandleFunc("POST /file/{file_id}/attach", s.api(s.handleAttach))
