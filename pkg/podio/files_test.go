@@ -262,9 +262,7 @@ func TestFilesAndCommentsCopiedOnce(t *testing.T) {
 func TestScanFinishesAndAdopts(t *testing.T) {
 	s := podioemu.New(podioemu.Config{})
 	srcIDs := seedFiles(t, s, []fileItem{{image: 10, comments: 3}, {image: 11}, {image: 12}})
-	// Item 0 unfinished: one of its three comments was copied.
-	srcComments := s.ItemComments(srcIDs[0])
-	_ = srcComments
+	// Item 0 unfinished: made, its comments not copied yet.
 	raw := func(v any) json.RawMessage { b, _ := json.Marshal(v); return b }
 	if _, err := s.Seed(podioemu.Item{AppID: fileDstApp, ExternalID: fmt.Sprintf("mv-%d.pending", srcIDs[0]),
 		Fields: map[string]json.RawMessage{"title": raw("Item 0")}}); err != nil {
@@ -316,5 +314,48 @@ func TestScanFinishesAndAdopts(t *testing.T) {
 			t.Errorf("lookup of source item %d (%d): %v %v", i, src, found, err)
 		}
 		_ = id
+	}
+}
+
+// field_mapping keys and values may be Podio field ids, as the original
+// tool's mappings are: the source keys such a field by its id, and the
+// target resolves an id as a field name.
+func TestFieldMappingByPodioFieldID(t *testing.T) {
+	s := podioemu.New(podioemu.Config{})
+	seedFiles(t, s, []fileItem{{image: 1}})
+	if _, err := s.Start(""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	srcDef, _ := s.AppDef(fileSrcApp)
+	dstDef, _ := s.AppDef(fileDstApp)
+	srcTitle, dstTitle := fmt.Sprint(srcDef.Fields[0].FieldID), fmt.Sprint(dstDef.Fields[0].FieldID)
+	sc := newClient(t, s, appCreds(fileSrcApp, srcToken), nil)
+	src := podio.NewSource(podio.SourceOptions{Client: sc, AppID: fileSrcApp, FieldIDs: []string{srcTitle}})
+	recs, _, err := src.Read(t.Context(), connector.Cursor{}, 10)
+	if err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || string(recs[0].Item.Fields[srcTitle]) != `"Item 0"` {
+		t.Fatalf("source fields %v, want the title under its field id %s", recs[0].Item.Fields, srcTitle)
+	}
+	tc := newClient(t, s, appCreds(fileDstApp, dstToken), nil)
+	dst, err := podio.OpenTarget(t.Context(), podio.TargetOptions{Client: tc, AppID: fileDstApp,
+		FieldMapping: map[string]string{srcTitle: dstTitle}, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatalf("a mapping to a field id: %v", err)
+	}
+	// The batcher renames the field by the mapping before the write.
+	id, err := dst.Create(t.Context(), "1", connector.Fields{dstTitle: recs[0].Item.Fields[srcTitle]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := dst.Get(t.Context(), id)
+	if err != nil || string(got["title"]) != `"Item 0"` {
+		t.Fatalf("target title %s (%v), want \"Item 0\"", got["title"], err)
+	}
+	if _, err := podio.OpenTarget(t.Context(), podio.TargetOptions{Client: tc, AppID: fileDstApp,
+		FieldMapping: map[string]string{srcTitle: "999999"}, Logger: zerolog.Nop()}); err == nil || !strings.Contains(err.Error(), "999999") {
+		t.Fatalf("a mapping to a field id that does not exist: %v, want an error naming it", err)
 	}
 }
