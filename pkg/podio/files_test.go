@@ -233,6 +233,9 @@ func TestFilesAndCommentsCopiedOnce(t *testing.T) {
 		t.Errorf("%d writes not silent, %d fired hooks", st.NotSilent, st.HooksFired)
 	}
 	checkFilesCopied(t, s, srcIDs)
+	if st.MaxUploadsInFlight > 3 {
+		t.Errorf("%d uploads were in flight at once, over files_concurrency 3", st.MaxUploadsInFlight)
+	}
 
 	// An update of every item: nothing is uploaded or posted again.
 	s.SetFaults(podioemu.Faults{})

@@ -193,6 +193,15 @@ func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, status, eb.code, eb.desc)
 		return
 	}
+	s.mu.Lock()
+	s.uploading++
+	s.stats.MaxUploadsInFlight = max(s.stats.MaxUploadsInFlight, s.uploading)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.uploading--
+		s.mu.Unlock()
+	}()
 	mr, err := r.MultipartReader()
 	if err != nil {
 		writeError(w, r, http.StatusBadRequest, "invalid_value", "the body must be multipart/form-data with parts source and filename")

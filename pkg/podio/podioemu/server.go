@@ -95,6 +95,8 @@ type Stats struct {
 	Downloads      int64 `json:"downloads"`      // files downloaded whole
 	Attached       int64 `json:"attached"`       // files attached to items
 	Comments       int64 `json:"comments"`       // comments made over the API
+	// MaxUploadsInFlight is the most uploads received at once.
+	MaxUploadsInFlight int64 `json:"max_uploads_in_flight"`
 }
 
 // Server is the emulator. Create it with New, then Start it or use
@@ -117,6 +119,7 @@ type Server struct {
 	files       map[int64]*file
 	nextFile    int64
 	nextComment int64
+	uploading   int64
 	dir         string // uploaded files
 	ownDir      bool
 	nextItem    int64
