@@ -376,7 +376,16 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /comment/item/{item_id}/{$}", s.api(s.handleAddComment))
 	mux.HandleFunc("GET /_emulator/dump", s.handleDump)
 	mux.HandleFunc("GET /_emulator/stats", s.handleStats)
+	unknown := s.api(func(c *call) (int, any) {
+		return fail(http.StatusNotFound, "not_found", "No such API endpoint: "+c.r.Method+" "+c.r.URL.Path)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		// An authenticated call to an unknown route is still a call: it
+		// counts and carries the rate-limit headers, then gets its 404.
+		if r.Header.Get("Authorization") != "" {
+			unknown(w, r)
+			return
+		}
 		writeError(w, r, http.StatusNotFound, "not_found", "No such API endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
