@@ -357,6 +357,20 @@ func TestFieldMappingByPodioFieldID(t *testing.T) {
 	if err != nil || string(got["title"]) != `"Item 0"` {
 		t.Fatalf("target title %s (%v), want \"Item 0\"", got["title"], err)
 	}
+	// A match field named by id: Scan keys it by that id, for the
+	// batcher's match cache.
+	mt, err := podio.OpenTarget(t.Context(), podio.TargetOptions{Client: tc, AppID: fileDstApp, MatchField: dstTitle, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mt.Scan(t.Context(), 0, func(it connector.TargetItem) error {
+		if string(it.Fields[dstTitle]) != `"Item 0"` {
+			t.Errorf("scan fields %v, want the match field under its id %s", it.Fields, dstTitle)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := podio.OpenTarget(t.Context(), podio.TargetOptions{Client: tc, AppID: fileDstApp,
 		FieldMapping: map[string]string{srcTitle: "999999"}, Logger: zerolog.Nop()}); err == nil || !strings.Contains(err.Error(), "999999") {
 		t.Fatalf("a mapping to a field id that does not exist: %v, want an error naming it", err)

@@ -80,7 +80,10 @@ type Target struct {
 	unfinished map[string]int64
 
 	srcClient *Client
-	mover     *mover // nil: files are not copied
+	// scanFlat keys the match field by its Podio field id in Scan, when
+	// the job names it so.
+	scanFlat flatOptions
+	mover    *mover // nil: files are not copied
 	comments  bool
 	ext       extFormat
 }
@@ -130,6 +133,11 @@ func OpenTarget(ctx context.Context, o TargetOptions) (*Target, error) {
 		case !writable[f.Type]:
 			problems = append(problems, fmt.Sprintf("field_mapping: %s -> %s: %v: it is a %s field",
 				src, name, ErrReadOnlyField, f.Type))
+		}
+	}
+	if o.MatchField != "" && digits(o.MatchField) {
+		if f := t.ix.resolve(o.MatchField); f != nil {
+			t.scanFlat.byID = map[int64]bool{f.FieldID: true}
 		}
 	}
 	if o.MatchField != "" {
@@ -217,7 +225,7 @@ func (t *Target) Scan(ctx context.Context, since connector.Mark, fn func(connect
 			if err != nil {
 				return connector.Mark(mark), err
 			}
-			if err := fn(connector.TargetItem{ID: it.ItemID, ExternalID: ext, Fields: Flatten(it.Fields)}); err != nil {
+			if err := fn(connector.TargetItem{ID: it.ItemID, ExternalID: ext, Fields: flatten(it.Fields, t.scanFlat)}); err != nil {
 				return connector.Mark(mark), err
 			}
 			mark = max(mark, it.ItemID)
