@@ -84,8 +84,8 @@ type Target struct {
 	// the job names it so.
 	scanFlat flatOptions
 	mover    *mover // nil: files are not copied
-	comments  bool
-	ext       extFormat
+	comments bool
+	ext      extFormat
 }
 
 type refKey struct{ app, src int64 }
