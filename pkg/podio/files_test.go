@@ -376,3 +376,33 @@ func TestFieldMappingByPodioFieldID(t *testing.T) {
 		t.Fatalf("a mapping to a field id that does not exist: %v, want an error naming it", err)
 	}
 }
+
+// A file held outside Podio (a Google Drive link) has no content to
+// copy: it is skipped with a warning, and the item and its other files
+// are copied.
+func TestLinkedFilesAreSkipped(t *testing.T) {
+	s := podioemu.New(podioemu.Config{})
+	srcIDs := seedFiles(t, s, []fileItem{{sizes: []int64{5000}, image: 10}})
+	link, err := s.AddFile(podioemu.SeedFile{Name: "plan.gdoc", Size: 0, HostedBy: "google"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Attach the link to the seeded item through the API.
+	if _, err := s.Start(""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	src, dst, _ := openFilePair(t, s, nil, "")
+	sc := newClient(t, s, appCreds(fileSrcApp, srcToken), nil)
+	if err := sc.AttachFile(t.Context(), link, srcIDs[0]); err != nil {
+		t.Fatal(err)
+	}
+	created, failed := migrate(t, src, dst, 10, 1)
+	if len(failed) > 0 {
+		t.Fatalf("failed: %v", failed[0])
+	}
+	files := s.ItemFiles(created[fmt.Sprint(srcIDs[0])])
+	if len(files) != 1 || files[0].Name != "doc-0-0.bin" {
+		t.Fatalf("target files %+v, want only doc-0-0.bin", files)
+	}
+}

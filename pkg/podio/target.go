@@ -278,6 +278,9 @@ func (t *Target) Create(ctx context.Context, externalID string, f connector.Fiel
 	}
 	if meta != nil && t.mover != nil {
 		for _, fr := range meta.Files {
+			if !t.copyable(fr) {
+				continue
+			}
 			nid, err := t.mover.copy(ctx, fr)
 			if err != nil {
 				return 0, fmt.Errorf("create podio item for source item %s: %w", externalID, err)
@@ -455,6 +458,9 @@ func (t *Target) Update(ctx context.Context, id int64, f connector.Fields) error
 	}
 	if t.mover != nil {
 		for _, fr := range meta.Files {
+			if !t.copyable(fr) {
+				continue
+			}
 			if existing != nil && slices.ContainsFunc(existing.Files, func(x FileRef) bool { return sameFile(x, fr) }) {
 				continue
 			}
@@ -473,6 +479,19 @@ func (t *Target) Update(ctx context.Context, id int64, f connector.Fields) error
 		}
 	}
 	return nil
+}
+
+// copyable reports whether a file can be copied, and warns once per
+// host of files that cannot: links to files held outside Podio.
+func (t *Target) copyable(fr FileRef) bool {
+	if fr.copyable() {
+		return true
+	}
+	t.warnOnce("hosted:"+fr.HostedBy, func() {
+		t.log.Warn().Str("hosted_by", fr.HostedBy).Str("file", fr.Name).
+			Msg("files held outside Podio are links, not content; they are not copied")
+	})
+	return false
 }
 
 // hasImage reports whether f holds a value for an image field of the
