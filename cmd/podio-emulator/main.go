@@ -21,8 +21,9 @@ import (
 const usage = `usage: podio-emulator [flags]
 
 Serves the subset of the Podio API that memvisor uses (OAuth tokens, apps,
-item filter, count, get, get by external_id, create, update), with Podio's
-JSON shapes, error bodies and rate-limit headers, until SIGINT or SIGTERM.
+item filter, count, get, get by external_id, create, update, files, comments),
+with Podio's JSON shapes, error bodies, two rate-limit tiers and their headers,
+until SIGINT or SIGTERM. Other routes are answered 404.
 
 Seed it with --seed FILE.jsonl, one object per line:
 
@@ -31,10 +32,15 @@ Seed it with --seed FILE.jsonl, one object per line:
   {"kind":"app","app_id":30001,"app_token":"tok","name":"Leads","fields":[
      {"external_id":"title","type":"text","label":"Title"},
      {"external_id":"status","type":"category","label":"Status","options":[{"text":"Open"},{"text":"Won"}]}]}
-  {"kind":"item","app_id":30001,"external_id":"crm-1","fields":{"title":"Acme","status":["Open"]}}
+  {"kind":"file","file_id":7,"name":"contract.pdf","size":1048576,"seed":42}
+  {"kind":"item","app_id":30001,"external_id":"crm-1","fields":{"title":"Acme","status":["Open"]},
+   "file_ids":[7],"comments":[{"value":"Called them"}]}
+
+A file's content is size bytes generated from its seed, so large files cost
+no memory or disk until they are uploaded.
 
 Field types: text, number, money, date, category, question, app, contact,
-email, phone, location, duration, progress, calculation.
+email, phone, location, duration, progress, calculation, image.
 
 It prints "listening on URL" on stdout. GET /_emulator/stats returns its
 counters and GET /_emulator/dump?app_id=N an app's items as JSONL (one GET
@@ -86,7 +92,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	seed := fs.String("seed", "", "JSONL file of clients, users, apps and items")
 	rseed := fs.Uint64("random-seed", 1, "seed of the fault generator")
 	ttl := fs.Duration("token-ttl", 8*time.Hour, "lifetime of an access token")
-	limit := fs.Int("rate-limit", 0, "calls allowed per window per caller (0: no quota)")
+	limit := fs.Int("rate-limit", 0, "calls allowed per window per caller (0: no quota); Podio's is 1000")
+	limited := fs.Int("limited-rate-limit", 0, `calls marked "Rate limited" allowed per window (0: a quarter of --rate-limit, as Podio's 250)`)
+	refreshTTL := fs.Duration("refresh-ttl", 0, "lifetime of a refresh token (0: no expiry)")
+	zone := fs.String("user-zone", "Europe/Copenhagen", "time zone of the users: dates are answered in it and in *_utc keys")
+	fileDir := fs.String("file-dir", "", "directory for uploaded files (default: a temporary one, removed at exit)")
 	window := fs.Duration("rate-window", time.Hour, "quota window")
 	var f podioemu.Faults
 	fs.Float64Var(&f.ServerErrorRate, "error-rate", 0, "share of calls answered 5xx")
@@ -103,7 +113,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	s := podioemu.New(podioemu.Config{Seed: *rseed, TokenTTL: *ttl, RateLimit: *limit, RateWindow: *window, Faults: f})
+	loc, err := time.LoadLocation(*zone)
+	if err != nil {
+		return fmt.Errorf("--user-zone: %w", err)
+	}
+	s := podioemu.New(podioemu.Config{Seed: *rseed, TokenTTL: *ttl, RefreshTTL: *refreshTTL, RateLimit: *limit,
+		LimitedRateLimit: *limited, RateWindow: *window, UserZone: loc, FileDir: *fileDir, Faults: f})
 	if *seed != "" {
 		file, err := os.Open(*seed)
 		if err != nil {

@@ -107,6 +107,10 @@ func NewClient(o Options) *Client {
 	if c.http == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConnsPerHost = 32
+		// File transfers (stream) have no overall timeout, as a large
+		// file may take long; a server that does not even answer is
+		// still given up on.
+		tr.ResponseHeaderTimeout = c.timeout
 		c.http = &http.Client{Transport: tr}
 		c.ownHTTP = true
 	}

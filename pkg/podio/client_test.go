@@ -231,3 +231,45 @@ func TestLoadCredentials(t *testing.T) {
 		})
 	}
 }
+
+// A refresh token that expired or was revoked is refused; the client
+// then authenticates again with its configured flow. With the
+// refresh_token flow there is nothing to fall back to, and the call
+// fails as a permission error.
+func TestRefreshTokenExpiryAndRevocation(t *testing.T) {
+	s, _ := newEmu(t, podioemu.Config{RefreshTTL: 300 * time.Millisecond}, 1)
+	c := newClient(t, s, podio.Credentials{Flow: job.PodioFlowPassword, ClientID: clientID, ClientSecret: clientSecret, Username: username, Password: password}, nil)
+	ctx := t.Context()
+	if _, err := c.Count(ctx, srcApp); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond) // the refresh token expires
+	s.ExpireTokens()
+	if _, err := c.Count(ctx, srcApp); err != nil {
+		t.Fatalf("after the refresh token expired: %v", err)
+	}
+	if g := c.Grants(); g != 2 {
+		t.Fatalf("grants %d, want 2 (a new password grant)", g)
+	}
+	s.RevokeAll()
+	if _, err := c.Count(ctx, srcApp); err != nil {
+		t.Fatalf("after revocation: %v", err)
+	}
+	if g := c.Grants(); g != 3 {
+		t.Fatalf("grants %d, want 3", g)
+	}
+
+	rt, err := s.IssueRefreshToken(clientID, username)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := newClient(t, s, podio.Credentials{Flow: job.PodioFlowRefreshToken, ClientID: clientID, ClientSecret: clientSecret, RefreshToken: rt}, nil)
+	if _, err := rc.Count(ctx, srcApp); err != nil {
+		t.Fatal(err)
+	}
+	s.RevokeAll()
+	_, err = rc.Count(ctx, srcApp)
+	if cat, _ := connector.Classify(err); cat != connector.CategoryPermission {
+		t.Fatalf("refresh_token flow after revocation: %v (category %s), want a permission error", err, cat)
+	}
+}

@@ -33,6 +33,10 @@
 //	  auth: {...}
 //	  silent: true                     # default: no stream bumps, no notifications
 //	  hook: false                      # default: no webhooks fired by the migration
+//	  files: true                      # default when both ends are Podio
+//	  comments: true                   # default when both ends are Podio
+//	  files_concurrency: 2             # file transfers in flight
+//	  external_id_format: "{id}"       # e.g. "migrated-{id}", the original tool's form
 //
 // Secrets are read from the environment variables the file names, or from
 // the credentials file (a variable wins over the file). They are held in
@@ -75,10 +79,55 @@
 // seen or created. Podio item ids grow, so everything created after a
 // checkpoint has a higher id than its Mark.
 //
+// # Files, images and comments
+//
+// When files or comments are copied (both ends Podio), the Source adds
+// CarryField to each item: the source item id, its files (name, size)
+// and its comment count; image fields flatten to their files. The Target
+// streams each file from GET /file/{id}/raw into a multipart POST
+// /file/v2/ through an io.Pipe (files.go), a few tens of kilobytes at a
+// time whatever the size, at most files_concurrency at once, and
+// attaches the new files with file_ids on the create, so they are
+// attached exactly when the item is made; image field values become the
+// new file ids. An upload whose create never happened is an orphan in
+// Podio, never a second attachment. Update attaches with POST
+// /file/{id}/attach, after checking the item's files by name and size,
+// so a redone update uploads nothing twice.
+//
+// Comments (comments.go) are read with GET /comment/item/{id}/ and
+// posted with POST /comment/item/{id}/ and the write's silent and hook,
+// each marked with external_id "memvisor-comment-<source comment id>";
+// the target's comments are read first and a marked one is not posted
+// again. An item with comments is created with its external_id plus
+// ".pending" and renamed once its comments are copied: a kill in
+// between leaves a pending item, which the next Scan finishes (see
+// docs/design.md, "Connectors").
+//
+// # Adopting earlier work
+//
+// Scan reports the source item id of every item whose external_id is
+// the job's external_id_format, the bare id or "migrated-<id>" (the
+// original tool's form), so a half-filled target is recognized whoever
+// filled it; references and lookups try the same forms. field_mapping
+// keys and the match field may be Podio field ids, as the original
+// tool's mappings are: the Source keys those fields by id, and the
+// Target resolves a field id as a name.
+//
+// # Dates and calculations
+//
+// Podio answers a date in the user's zone and in *_utc keys. The flat
+// form takes the UTC one, and the Target writes start_utc/end_utc (a
+// date without a time has no zone and stays a date), so no user's zone
+// shifts a time. A calculation is read but never written, and one
+// without a result is left out rather than flattened to null, so it
+// cannot clear the field it is mapped to.
+//
 // # Rate limits and errors
 //
 // Each client has one Gate, shared by all the goroutines that write
-// through it (see Gate). It reads X-Rate-Limit-Limit and
+// through it (see Gate), with a bucket for each of Podio's two tiers
+// (1,000 calls an hour, 250 for the calls marked "Rate limited": filter
+// and file upload). It reads X-Rate-Limit-Limit and
 // X-Rate-Limit-Remaining, spreads the last tenth of the quota over the
 // rest of the window, holds calls when it is spent, and on a 420 or 429
 // waits for "wait N seconds" in error_description, else Retry-After, else

@@ -70,10 +70,13 @@ func parseAPIError(status int, body []byte) *APIError {
 	return e
 }
 
-// expired reports whether a 401 asks for a new access token.
+// expired reports whether a 401 asks for a new access token: an expired
+// one, or one Podio no longer knows (invalid_token, as after a
+// revocation), as the official SDK treats them.
 func (e *APIError) expired() bool {
 	return e.Status == http.StatusUnauthorized &&
-		(strings.Contains(e.Code, "expired_token") || strings.Contains(e.Description, "expired_token"))
+		(strings.Contains(e.Code, "expired_token") || strings.Contains(e.Description, "expired_token") ||
+			e.Code == "invalid_token")
 }
 
 var waitSeconds = regexp.MustCompile(`(?i)wait\s+(\d+)\s+seconds?`)

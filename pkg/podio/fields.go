@@ -43,9 +43,11 @@ var writable = map[string]bool{
 // keyed by field external_id. The forms are app-independent:
 //
 //	text                  "string"
-//	number, calculation   12.5
+//	number                12.5
+//	calculation           12.5, a date as above, or a string
 //	money                 {"value":"12.50","currency":"EUR"}
-//	date                  {"start":"2024-01-02 10:00:00","end":"2024-01-03"} (end only if set; a date without time has none)
+//	date                  {"start":"2024-01-02 10:00:00","end":"2024-01-03"} (end only if set; times in UTC, from
+//	                      the *_utc keys; a date without time has no zone)
 //	category, question    ["Option text", ...] (by text, never by id)
 //	app                   [{"item_id":<source item id>}, ...]
 //	contact               [{"profile_id":N}, ...]
@@ -54,8 +56,10 @@ var writable = map[string]bool{
 //	duration              seconds
 //	progress              0 to 100
 //
+//	image                 [{"file_id":N,"name":"a.png","size":1234}, ...] (only for a source that copies files)
+//
 // A field without values is left out, and so is a type the connector
-// does not carry (image, file, embed, ...).
+// does not carry (embed, ...) and a calculation without a result.
 func Flatten(fields []APIField) connector.Fields { return flatten(fields, flatOptions{}) }
 
 // flatOptions are what a Podio source adds to Flatten.

@@ -25,7 +25,14 @@ type FileRef struct {
 	Name     string `json:"name"`
 	Size     int64  `json:"size"`
 	Mimetype string `json:"mimetype,omitempty"`
+	// HostedBy is "podio" for a file Podio holds; a link to a file held
+	// elsewhere (Google Drive, Dropbox, ...) has the other host's name
+	// and no content to copy.
+	HostedBy string `json:"hosted_by,omitempty"`
 }
+
+// copyable reports whether Podio holds the file's content.
+func (f FileRef) copyable() bool { return f.HostedBy == "" || f.HostedBy == "podio" }
 
 // CarryField is the pseudo-field in which a Podio source hands the
 // target what is not a field value: the source item id, its files and

@@ -186,7 +186,11 @@ func checkFilesCopied(t testing.TB, s *podioemu.Server, srcIDs []int64) {
 	}
 }
 
-func openFilePair(t *testing.T, s *podioemu.Server, mod func(*podio.Options), format string) (*podio.Source, *podio.Target, *podio.Client) {
+func openFilePairTB(t testing.TB, s *podioemu.Server) (*podio.Source, *podio.Target, *podio.Client) {
+	return openFilePair(t, s, nil, "")
+}
+
+func openFilePair(t testing.TB, s *podioemu.Server, mod func(*podio.Options), format string) (*podio.Source, *podio.Target, *podio.Client) {
 	t.Helper()
 	sc := newClient(t, s, appCreds(fileSrcApp, srcToken), mod)
 	src := podio.NewSource(podio.SourceOptions{Client: sc, AppID: fileSrcApp, PageSize: 50, Files: true, Comments: true})
@@ -229,6 +233,9 @@ func TestFilesAndCommentsCopiedOnce(t *testing.T) {
 		t.Errorf("%d writes not silent, %d fired hooks", st.NotSilent, st.HooksFired)
 	}
 	checkFilesCopied(t, s, srcIDs)
+	if st.MaxUploadsInFlight > 3 {
+		t.Errorf("%d uploads were in flight at once, over files_concurrency 3", st.MaxUploadsInFlight)
+	}
 
 	// An update of every item: nothing is uploaded or posted again.
 	s.SetFaults(podioemu.Faults{})
@@ -258,9 +265,7 @@ func TestFilesAndCommentsCopiedOnce(t *testing.T) {
 func TestScanFinishesAndAdopts(t *testing.T) {
 	s := podioemu.New(podioemu.Config{})
 	srcIDs := seedFiles(t, s, []fileItem{{image: 10, comments: 3}, {image: 11}, {image: 12}})
-	// Item 0 unfinished: one of its three comments was copied.
-	srcComments := s.ItemComments(srcIDs[0])
-	_ = srcComments
+	// Item 0 unfinished: made, its comments not copied yet.
 	raw := func(v any) json.RawMessage { b, _ := json.Marshal(v); return b }
 	if _, err := s.Seed(podioemu.Item{AppID: fileDstApp, ExternalID: fmt.Sprintf("mv-%d.pending", srcIDs[0]),
 		Fields: map[string]json.RawMessage{"title": raw("Item 0")}}); err != nil {
@@ -312,5 +317,92 @@ func TestScanFinishesAndAdopts(t *testing.T) {
 			t.Errorf("lookup of source item %d (%d): %v %v", i, src, found, err)
 		}
 		_ = id
+	}
+}
+
+// field_mapping keys and values may be Podio field ids, as the original
+// tool's mappings are: the source keys such a field by its id, and the
+// target resolves an id as a field name.
+func TestFieldMappingByPodioFieldID(t *testing.T) {
+	s := podioemu.New(podioemu.Config{})
+	seedFiles(t, s, []fileItem{{image: 1}})
+	if _, err := s.Start(""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	srcDef, _ := s.AppDef(fileSrcApp)
+	dstDef, _ := s.AppDef(fileDstApp)
+	srcTitle, dstTitle := fmt.Sprint(srcDef.Fields[0].FieldID), fmt.Sprint(dstDef.Fields[0].FieldID)
+	sc := newClient(t, s, appCreds(fileSrcApp, srcToken), nil)
+	src := podio.NewSource(podio.SourceOptions{Client: sc, AppID: fileSrcApp, FieldIDs: []string{srcTitle}})
+	recs, _, err := src.Read(t.Context(), connector.Cursor{}, 10)
+	if err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || string(recs[0].Item.Fields[srcTitle]) != `"Item 0"` {
+		t.Fatalf("source fields %v, want the title under its field id %s", recs[0].Item.Fields, srcTitle)
+	}
+	tc := newClient(t, s, appCreds(fileDstApp, dstToken), nil)
+	dst, err := podio.OpenTarget(t.Context(), podio.TargetOptions{Client: tc, AppID: fileDstApp,
+		FieldMapping: map[string]string{srcTitle: dstTitle}, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatalf("a mapping to a field id: %v", err)
+	}
+	// The batcher renames the field by the mapping before the write.
+	id, err := dst.Create(t.Context(), "1", connector.Fields{dstTitle: recs[0].Item.Fields[srcTitle]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := dst.Get(t.Context(), id)
+	if err != nil || string(got["title"]) != `"Item 0"` {
+		t.Fatalf("target title %s (%v), want \"Item 0\"", got["title"], err)
+	}
+	// A match field named by id: Scan keys it by that id, for the
+	// batcher's match cache.
+	mt, err := podio.OpenTarget(t.Context(), podio.TargetOptions{Client: tc, AppID: fileDstApp, MatchField: dstTitle, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mt.Scan(t.Context(), 0, func(it connector.TargetItem) error {
+		if string(it.Fields[dstTitle]) != `"Item 0"` {
+			t.Errorf("scan fields %v, want the match field under its id %s", it.Fields, dstTitle)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := podio.OpenTarget(t.Context(), podio.TargetOptions{Client: tc, AppID: fileDstApp,
+		FieldMapping: map[string]string{srcTitle: "999999"}, Logger: zerolog.Nop()}); err == nil || !strings.Contains(err.Error(), "999999") {
+		t.Fatalf("a mapping to a field id that does not exist: %v, want an error naming it", err)
+	}
+}
+
+// A file held outside Podio (a Google Drive link) has no content to
+// copy: it is skipped with a warning, and the item and its other files
+// are copied.
+func TestLinkedFilesAreSkipped(t *testing.T) {
+	s := podioemu.New(podioemu.Config{})
+	srcIDs := seedFiles(t, s, []fileItem{{sizes: []int64{5000}, image: 10}})
+	link, err := s.AddFile(podioemu.SeedFile{Name: "plan.gdoc", Size: 0, HostedBy: "google"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Attach the link to the seeded item through the API.
+	if _, err := s.Start(""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	src, dst, _ := openFilePair(t, s, nil, "")
+	sc := newClient(t, s, appCreds(fileSrcApp, srcToken), nil)
+	if err := sc.AttachFile(t.Context(), link, srcIDs[0]); err != nil {
+		t.Fatal(err)
+	}
+	created, failed := migrate(t, src, dst, 10, 1)
+	if len(failed) > 0 {
+		t.Fatalf("failed: %v", failed[0])
+	}
+	files := s.ItemFiles(created[fmt.Sprint(srcIDs[0])])
+	if len(files) != 1 || files[0].Name != "doc-0-0.bin" {
+		t.Fatalf("target files %+v, want only doc-0-0.bin", files)
 	}
 }

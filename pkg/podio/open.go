@@ -34,7 +34,10 @@ func OpenJobSource(ctx context.Context, spec job.Spec, log zerolog.Logger) (*Sou
 		return nil, fmt.Errorf("open podio source: %w", err)
 	}
 	return NewSource(SourceOptions{Client: c, AppID: p.AppID, PageSize: p.PageSize, Filters: p.Filters,
-		Files: spec.PodioCopiesFiles(), Comments: spec.PodioCopiesComments(), FieldIDs: fieldIDNames(spec), Logger: log}), nil
+		// A dry run compares field values only: files and comments are
+		// not carried, so they do not show as differences.
+		Files: spec.PodioCopiesFiles() && !spec.DryRun, Comments: spec.PodioCopiesComments() && !spec.DryRun,
+		FieldIDs: fieldIDNames(spec), Logger: log}), nil
 }
 
 // fieldIDNames lists the source field names of the job that are Podio

@@ -2,6 +2,7 @@ package podio_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -139,5 +140,60 @@ func TestRunnerCopiesFilesThroughKills(t *testing.T) {
 	}
 	if peak > 96<<20 {
 		t.Errorf("runner peak RSS %.1f MiB, over the 96 MiB limit", float64(peak)/(1<<20))
+	}
+}
+
+// The original tool stopped halfway: every other source item is in the
+// target as "migrated-<id>". Running memvisor on that target, with or
+// without a match field, creates only the missing half.
+func TestRunnerAdoptsHalfFinishedMigration(t *testing.T) {
+	bin := testbin.Path(t, "runner")
+	for _, match := range []string{"", "match: {source_field: title, target_field: title}\n"} {
+		name := "no match field"
+		if match != "" {
+			name = "match field"
+		}
+		t.Run(name, func(t *testing.T) {
+			const n = 40
+			s, ids := newEmu(t, podioemu.Config{}, n)
+			for i, id := range ids {
+				if i%2 == 1 {
+					continue
+				}
+				title, _ := json.Marshal(fmt.Sprintf("Item %05d", i))
+				if _, err := s.Seed(podioemu.Item{AppID: dstApp, ExternalID: fmt.Sprintf("migrated-%d", id),
+					Fields: map[string]json.RawMessage{"title": title}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dir := t.TempDir()
+			jobPath := writeJob(t, dir, "adopt", podioEndpoint(s.URL(), srcApp, false), podioEndpoint(s.URL(), dstApp, true))
+			if match != "" {
+				data, _ := os.ReadFile(jobPath)
+				if err := os.WriteFile(jobPath, append(data, match...), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			out := runRunner(t, bin, jobPath, filepath.Join(dir, "run.log"))
+			if !strings.Contains(out, fmt.Sprintf("created %d", n/2)) {
+				t.Errorf("run: %q, want %d created", out, n/2)
+			}
+			seen := map[string]int{}
+			for _, d := range dumpApp(t, s, dstApp) {
+				ext := ""
+				if d.ExternalID != nil {
+					ext = strings.TrimPrefix(*d.ExternalID, "migrated-")
+				}
+				seen[ext]++
+			}
+			for _, id := range ids {
+				if c := seen[fmt.Sprint(id)]; c != 1 {
+					t.Errorf("source item %d is in the target %d times", id, c)
+				}
+			}
+			if len(seen) != n {
+				t.Errorf("target has %d distinct items, want %d", len(seen), n)
+			}
+		})
 	}
 }

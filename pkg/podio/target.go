@@ -80,9 +80,12 @@ type Target struct {
 	unfinished map[string]int64
 
 	srcClient *Client
-	mover     *mover // nil: files are not copied
-	comments  bool
-	ext       extFormat
+	// scanFlat keys the match field by its Podio field id in Scan, when
+	// the job names it so.
+	scanFlat flatOptions
+	mover    *mover // nil: files are not copied
+	comments bool
+	ext      extFormat
 }
 
 type refKey struct{ app, src int64 }
@@ -130,6 +133,11 @@ func OpenTarget(ctx context.Context, o TargetOptions) (*Target, error) {
 		case !writable[f.Type]:
 			problems = append(problems, fmt.Sprintf("field_mapping: %s -> %s: %v: it is a %s field",
 				src, name, ErrReadOnlyField, f.Type))
+		}
+	}
+	if o.MatchField != "" && digits(o.MatchField) {
+		if f := t.ix.resolve(o.MatchField); f != nil {
+			t.scanFlat.byID = map[int64]bool{f.FieldID: true}
 		}
 	}
 	if o.MatchField != "" {
@@ -217,7 +225,7 @@ func (t *Target) Scan(ctx context.Context, since connector.Mark, fn func(connect
 			if err != nil {
 				return connector.Mark(mark), err
 			}
-			if err := fn(connector.TargetItem{ID: it.ItemID, ExternalID: ext, Fields: Flatten(it.Fields)}); err != nil {
+			if err := fn(connector.TargetItem{ID: it.ItemID, ExternalID: ext, Fields: flatten(it.Fields, t.scanFlat)}); err != nil {
 				return connector.Mark(mark), err
 			}
 			mark = max(mark, it.ItemID)
@@ -270,6 +278,9 @@ func (t *Target) Create(ctx context.Context, externalID string, f connector.Fiel
 	}
 	if meta != nil && t.mover != nil {
 		for _, fr := range meta.Files {
+			if !t.copyable(fr) {
+				continue
+			}
 			nid, err := t.mover.copy(ctx, fr)
 			if err != nil {
 				return 0, fmt.Errorf("create podio item for source item %s: %w", externalID, err)
@@ -447,6 +458,9 @@ func (t *Target) Update(ctx context.Context, id int64, f connector.Fields) error
 	}
 	if t.mover != nil {
 		for _, fr := range meta.Files {
+			if !t.copyable(fr) {
+				continue
+			}
 			if existing != nil && slices.ContainsFunc(existing.Files, func(x FileRef) bool { return sameFile(x, fr) }) {
 				continue
 			}
@@ -465,6 +479,19 @@ func (t *Target) Update(ctx context.Context, id int64, f connector.Fields) error
 		}
 	}
 	return nil
+}
+
+// copyable reports whether a file can be copied, and warns once per
+// host of files that cannot: links to files held outside Podio.
+func (t *Target) copyable(fr FileRef) bool {
+	if fr.copyable() {
+		return true
+	}
+	t.warnOnce("hosted:"+fr.HostedBy, func() {
+		t.log.Warn().Str("hosted_by", fr.HostedBy).Str("file", fr.Name).
+			Msg("files held outside Podio are links, not content; they are not copied")
+	})
+	return false
 }
 
 // hasImage reports whether f holds a value for an image field of the

@@ -20,19 +20,39 @@
 //     and items.
 //   - GET /item/app/{app_id}/count, GET /item/{item_id},
 //     GET /item/app/{app_id}/external_id/{external_id}.
-//   - POST /item/app/{app_id}/ (create, with external_id, silent and hook)
+//   - POST /item/app/{app_id}/ (create, with external_id, silent, hook
+//     and file_ids; only that exact path: POST /item/app/{id}/delete or
+//     /calculate is a 404, as every unknown route)
 //     and PUT /item/{item_id} (update; 204 when nothing changed, else 200
 //     with the revision). Values are checked per field type as Podio does:
 //     an unknown category option, a missing referenced item, a progress
-//     outside 0..100 or a write to a calculation field is a 400.
+//     outside 0..100 or a write to a calculation field is a 400. An image
+//     field takes file ids. Dates are read in Config.UserZone (not UTC
+//     by default) unless given as *_utc, and answered in both forms.
+//     Several items may share an external_id; the lookup answers the
+//     oldest.
+//   - Files (files.go): POST /file/v2/ (and /file/, as podio-js posts)
+//     multipart with filename and source, written to disk as it arrives;
+//     GET /file/{id} and GET /file/{id}/raw, streamed; POST
+//     /file/{id}/attach. Seeded files are generated from a seed
+//     (Content), so a 100 MB file costs nothing until it is uploaded.
+//   - Comments (comments.go): GET and POST /comment/item/{item_id}/, with
+//     external_id, silent and hook.
 //
-// Every authenticated call counts against a quota of Config.RateLimit
-// calls per Config.RateWindow for the caller (per user or app, per API
-// key, as Podio documents; a refreshed token keeps its quota). The window
-// starts with the first call after the previous one ended. Answers carry
-// X-Rate-Limit-Limit and X-Rate-Limit-Remaining, and a spent quota is
-// answered 420 {"error":"rate_limit","error_description":"You have hit the
-// rate limit. Please wait N seconds before trying again"}.
+// Quotas (quota.go) follow Podio's two tiers: every call, the token
+// endpoint included, counts against Config.RateLimit calls per
+// Config.RateWindow for the caller (per user or app, per API key; a
+// refreshed token keeps its quota), and the calls IsRateLimitedCall names
+// also against Config.LimitedRateLimit (a quarter by default, as 250 of
+// 1,000). A window starts with the first call after the previous one
+// ended. Answers carry X-Rate-Limit-Limit (the ceiling of the call just
+// made) and X-Rate-Limit-Remaining; once either tier is spent, every call
+// is answered 420 {"error":"rate_limit","error_description":"You have hit
+// the rate limit. Please wait N seconds before trying again"}.
+//
+// Auth (auth.go): refresh tokens expire after Config.RefreshTTL and can
+// be revoked (RevokeRefreshToken, RevokeAll), which also revokes the
+// access tokens issued with them.
 //
 // # Faults
 //

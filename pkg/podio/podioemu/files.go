@@ -1,6 +1,7 @@
 package podioemu
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -20,6 +21,7 @@ import (
 // have a 100 MB file without holding or storing it) or, once uploaded,
 // as a file on disk.
 type file struct {
+	hostedBy string // "" for podio: a link to a file held elsewhere
 	id       int64
 	name     string
 	size     int64
@@ -47,6 +49,9 @@ type SeedFile struct {
 	Size     int64  `json:"size"`
 	Seed     uint64 `json:"seed"`
 	Mimetype string `json:"mimetype,omitempty"`
+	// HostedBy names another host (google, dropbox, ...) for a link to a
+	// file Podio does not hold; its raw content is a 404.
+	HostedBy string `json:"hosted_by,omitempty"`
 }
 
 // Content returns the bytes of a generated file: size bytes of a ChaCha8
@@ -80,7 +85,7 @@ func (s *Server) AddFile(f SeedFile) (int64, error) {
 	if mt == "" {
 		mt = "application/octet-stream"
 	}
-	s.files[id] = &file{id: id, name: f.Name, size: f.Size, mimetype: mt, seed: f.Seed}
+	s.files[id] = &file{id: id, name: f.Name, size: f.Size, mimetype: mt, seed: f.Seed, hostedBy: f.HostedBy}
 	return id, nil
 }
 
@@ -143,7 +148,7 @@ func (s *Server) ItemFiles(itemID int64) []FileInfo {
 func (s *Server) renderFile(f *file) map[string]any {
 	return map[string]any{
 		"file_id": f.id, "name": f.name, "size": f.size, "mimetype": f.mimetype,
-		"link": fmt.Sprintf("%s/file/%d/raw", s.baseURL(), f.id), "hosted_by": "podio",
+		"link": fmt.Sprintf("%s/file/%d/raw", s.baseURL(), f.id), "hosted_by": cmp.Or(f.hostedBy, "podio"),
 		"description": nil,
 	}
 }
@@ -193,6 +198,15 @@ func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, status, eb.code, eb.desc)
 		return
 	}
+	s.mu.Lock()
+	s.uploading++
+	s.stats.MaxUploadsInFlight = max(s.stats.MaxUploadsInFlight, s.uploading)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.uploading--
+		s.mu.Unlock()
+	}()
 	mr, err := r.MultipartReader()
 	if err != nil {
 		writeError(w, r, http.StatusBadRequest, "invalid_value", "the body must be multipart/form-data with parts source and filename")
@@ -336,6 +350,10 @@ func (s *Server) handleRaw(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		eb := resp.(errBody)
 		writeError(w, r, status, eb.code, eb.desc)
+		return
+	}
+	if f.hostedBy != "" {
+		writeError(w, r, http.StatusNotFound, "not_found", fmt.Sprintf("file %d is a link to %s", f.id, f.hostedBy))
 		return
 	}
 	rc, err := f.open()

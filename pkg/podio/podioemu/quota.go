@@ -26,7 +26,7 @@ var limitedRoutes = []struct {
 	path   *regexp.Regexp
 }{
 	{http.MethodPost, regexp.MustCompile(`^/item/app/\d+/filter/?$`)},
-	{http.MethodPost, regexp.MustCompile(`^/file/v2/?$`)},
+	{http.MethodPost, regexp.MustCompile(`^/file(/v2)?/?$`)},
 }
 
 // IsRateLimitedCall reports whether the emulator counts a call against

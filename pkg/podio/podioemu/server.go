@@ -95,6 +95,8 @@ type Stats struct {
 	Downloads      int64 `json:"downloads"`      // files downloaded whole
 	Attached       int64 `json:"attached"`       // files attached to items
 	Comments       int64 `json:"comments"`       // comments made over the API
+	// MaxUploadsInFlight is the most uploads received at once.
+	MaxUploadsInFlight int64 `json:"max_uploads_in_flight"`
 }
 
 // Server is the emulator. Create it with New, then Start it or use
@@ -117,6 +119,7 @@ type Server struct {
 	files       map[int64]*file
 	nextFile    int64
 	nextComment int64
+	uploading   int64
 	dir         string // uploaded files
 	ownDir      bool
 	nextItem    int64
@@ -365,6 +368,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("PUT /item/{item_id}", s.api(s.handleUpdate))
 	mux.HandleFunc("POST /file/v2/{$}", s.handleUpload)
 	mux.HandleFunc("POST /file/{$}", s.handleUpload)
+	mux.HandleFunc("POST /file", s.handleUpload) // podio-js posts here
 	mux.HandleFunc("GET /file/{file_id}", s.api(s.handleFile))
 	mux.HandleFunc("GET /file/{file_id}/raw", s.handleRaw)
 	mux.HandleFunc("POST /file/{file_id}/attach", s.api(s.handleAttach))
@@ -372,7 +376,16 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /comment/item/{item_id}/{$}", s.api(s.handleAddComment))
 	mux.HandleFunc("GET /_emulator/dump", s.handleDump)
 	mux.HandleFunc("GET /_emulator/stats", s.handleStats)
+	unknown := s.api(func(c *call) (int, any) {
+		return fail(http.StatusNotFound, "not_found", "No such API endpoint: "+c.r.Method+" "+c.r.URL.Path)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		// An authenticated call to an unknown route is still a call: it
+		// counts and carries the rate-limit headers, then gets its 404.
+		if r.Header.Get("Authorization") != "" {
+			unknown(w, r)
+			return
+		}
 		writeError(w, r, http.StatusNotFound, "not_found", "No such API endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
