@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/memvisor/memvisor/pkg/batcher"
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service/registry"
 )
@@ -370,7 +371,7 @@ func (a *api) failed(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid", "bad query parameters", fe)
 		return
 	}
-	f, err := os.Open(filepath.Join(dir, "failed.jsonl"))
+	f, err := os.Open(filepath.Join(dir, batcher.FailedFile))
 	if errors.Is(err, os.ErrNotExist) {
 		writeJSON(w, http.StatusOK, map[string]any{"items": []any{}, "next_cursor": nil})
 		return
@@ -479,7 +480,7 @@ func (a *api) dryRun(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	f, err := os.Open(filepath.Join(dir, "dry-run.json"))
+	f, err := os.Open(filepath.Join(dir, batcher.DryRunFile))
 	if errors.Is(err, os.ErrNotExist) {
 		writeError(w, http.StatusNotFound, "not_found", "job "+r.PathValue("id")+" has no dry-run preview: it is not a dry run, or its preview is not written yet", nil)
 		return

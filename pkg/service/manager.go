@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/memvisor/memvisor/pkg/batcher"
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service/confine"
 	"github.com/memvisor/memvisor/pkg/service/registry"
@@ -78,10 +79,23 @@ type Manager struct {
 
 	specs specViews
 
+	// schedMu serializes schedule, so that two calls do not pick the
+	// same queued job.
+	schedMu sync.Mutex
+	// opMu serializes the transitions that the API starts on jobs that
+	// are not running (pause or cancel of a queued job, resume, retry,
+	// delete, prune). It may be held across registry writes.
+	opMu sync.Mutex
+
+	// mu guards the in-memory state below. It is never held across a
+	// registry write or a removal of files, so that a status request
+	// never waits for an fsync.
 	mu      sync.Mutex
 	closing bool
 	active  map[string]*activeJob
-	hubs    map[string]*hub
+	// starting counts the slots reserved by jobs being started.
+	starting int
+	hubs     map[string]*hub
 }
 
 type intent int
@@ -127,12 +141,7 @@ func (m *Manager) recover() error {
 		return fmt.Errorf("list running jobs: %w", err)
 	}
 	for _, r := range recs {
-		_, err := m.reg.Update(bg, r.ID, func(rec *registry.Record) error {
-			rec.Status = registry.StatusQueued
-			rec.Reason = "resuming after a service restart"
-			rec.Updated = m.now()
-			return nil
-		})
+		_, err := m.apply(r.ID, facts{Action: actRecover})
 		if err != nil {
 			return fmt.Errorf("requeue job %s: %w", r.ID, err)
 		}
@@ -140,6 +149,39 @@ func (m *Manager) recover() error {
 	}
 	m.schedule()
 	return nil
+}
+
+// apply runs a transition on the stored record in one registry update: f
+// gets the record's state as From, and the decision's state and reason
+// are written. It returns the record written and the decision.
+func (m *Manager) apply(id string, f facts, also ...func(*registry.Record, decision)) (registry.Record, error) {
+	now := m.now()
+	return m.reg.Update(bg, id, func(r *registry.Record) error {
+		f.From = r.Status
+		d, err := transition(f)
+		if err != nil {
+			var te *TransitionError
+			if errors.As(err, &te) {
+				te.ID = id
+			}
+			return err
+		}
+		if d.To != "" {
+			r.Status, r.Reason, r.Updated = d.To, d.Reason, now
+			if d.To.Finished() {
+				r.Finished = now
+			} else {
+				r.Finished = time.Time{}
+			}
+		}
+		if d.RetryFailed {
+			r.RetryFailed = true
+		}
+		for _, fn := range also {
+			fn(r, d)
+		}
+		return nil
+	})
 }
 
 // Submit validates a job spec given as JSON, confines it, records it as
@@ -249,36 +291,56 @@ func pairKey(s job.Spec, srcID, tgtID string) string {
 	return string(data)
 }
 
-// schedule starts queued jobs, oldest first, while slots are free.
+// schedule starts queued jobs, oldest first, while slots are free. Its
+// registry writes run outside m.mu: a slot is reserved under the lock
+// first, and the registry's atomic transition from queued to running
+// decides a race with a pause or cancel of the same job.
 func (m *Manager) schedule() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for !m.closing && len(m.active) < m.max {
+	m.schedMu.Lock()
+	defer m.schedMu.Unlock()
+	for m.reserveSlot() {
 		p, err := m.reg.List(bg, registry.ListOptions{Statuses: []registry.Status{registry.StatusQueued}, Limit: 1})
-		if err != nil {
-			m.log.Error().Err(err).Msg("list queued jobs")
+		if err != nil || len(p.Jobs) == 0 {
+			m.releaseSlot()
+			if err != nil {
+				m.log.Error().Err(err).Msg("list queued jobs")
+			}
 			return
 		}
-		if len(p.Jobs) == 0 {
-			return
-		}
-		m.startLocked(p.Jobs[0])
+		m.start(p.Jobs[0])
 	}
 }
 
-func (m *Manager) startLocked(rec registry.Record) {
+// reserveSlot takes a slot for a job about to start, if one is free.
+func (m *Manager) reserveSlot() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closing || len(m.active)+m.starting >= m.max {
+		return false
+	}
+	m.starting++
+	return true
+}
+
+func (m *Manager) releaseSlot() {
+	m.mu.Lock()
+	m.starting--
+	m.mu.Unlock()
+}
+
+// start starts a queued job in a reserved slot, and releases the slot.
+func (m *Manager) start(rec registry.Record) {
 	log := m.log.With().Str(keyJob, rec.ID).Logger()
 	fail := func(err error) {
 		log.Error().Err(err).Msg("job cannot start")
-		now := m.now()
-		if _, uerr := m.reg.Update(bg, rec.ID, func(r *registry.Record) error {
-			r.Status, r.Reason, r.Updated, r.Finished = registry.StatusFailed, err.Error(), now, now
-			return nil
-		}); uerr != nil {
+		if _, uerr := m.apply(rec.ID, facts{Action: actStartFailed, Err: err}); uerr != nil {
 			log.Error().Err(uerr).Msg("record job failure")
 		}
 		m.metrics.jobEvent("failed")
+		m.mu.Lock()
+		m.starting--
 		m.publishViewLocked(rec.ID, EventDone)
+		m.mu.Unlock()
 	}
 	var spec job.Spec
 	if err := json.Unmarshal(rec.Spec, &spec); err != nil {
@@ -286,24 +348,27 @@ func (m *Manager) startLocked(rec registry.Record) {
 		return
 	}
 	aj := &activeJob{id: rec.ID, done: make(chan struct{}), log: log, level: LevelOK}
+	m.mu.Lock()
 	h := m.hubLocked(rec.ID)
+	m.mu.Unlock()
 	emit := func(ev Event) { m.onEvent(aj, h, ev) }
 	sup, err := m.factory(spec, log, emit)
 	if err != nil {
 		fail(fmt.Errorf("create supervisor: %w", err))
 		return
 	}
-	now := m.now()
-	updated, err := m.reg.Update(bg, rec.ID, func(r *registry.Record) error {
-		r.Status, r.Reason, r.Updated = registry.StatusRunning, "", now
+	updated, err := m.apply(rec.ID, facts{Action: actStart}, func(r *registry.Record, _ decision) {
 		if r.Started.IsZero() {
-			r.Started = now
+			r.Started = r.Updated
 		}
 		r.Runs++
-		return nil
 	})
 	if err != nil {
-		log.Error().Err(err).Msg("record job start")
+		// Paused or cancelled since it was listed, or deleted.
+		if !errors.Is(err, ErrConflict) && !errors.Is(err, registry.ErrNotFound) {
+			log.Error().Err(err).Msg("record job start")
+		}
+		m.releaseSlot()
 		return
 	}
 	ctx, cancel := context.WithCancel(m.ctx)
@@ -311,9 +376,12 @@ func (m *Manager) startLocked(rec registry.Record) {
 	if q, ok := sup.(interface{ logsMemoryEvents() bool }); ok {
 		aj.quiet = q.logsMemoryEvents()
 	}
+	m.mu.Lock()
+	m.starting--
 	m.active[rec.ID] = aj
-	log.Info().Int("run", updated.Runs).Bool("retry_failed", updated.RetryFailed).Msg("job started")
 	m.publishViewLocked(rec.ID, EventStatus)
+	m.mu.Unlock()
+	log.Info().Int("run", updated.Runs).Bool("retry_failed", updated.RetryFailed).Msg("job started")
 	mode := StartMode{Resume: true, RetryFailed: updated.RetryFailed}
 	m.wg.Add(1)
 	go func() {
@@ -332,24 +400,15 @@ func (m *Manager) finish(aj *activeJob, out Outcome, runErr error) {
 	in := aj.intent
 	m.mu.Unlock()
 
-	status, reason := out.Status, out.Reason
-	switch {
-	case runErr != nil && !(closing && errors.Is(runErr, context.Canceled)):
-		status, reason = registry.StatusFailed, runErr.Error()
-	case runErr != nil || status == "":
-		status = registry.StatusPaused
+	f := facts{
+		Action: actRunEnded, Outcome: out.Status, OutcomeReason: out.Reason, RunErr: runErr,
+		Canceled: errors.Is(runErr, context.Canceled), ShuttingDown: closing, Intent: in,
 	}
-	switch {
-	case in == intentCancel && status == registry.StatusPaused:
-		status = registry.StatusCancelled
-	case status == registry.StatusPaused && in != intentPause && closing:
-		// Drained by the shutdown: queue it, so the next start resumes it.
-		status, reason = registry.StatusQueued, "drained by a service shutdown; resumes when the service starts"
-	}
+	d := runEnded(f)
+	status, reason := d.To, d.Reason
 	final := out.Final
 	now := m.now()
-	rec, err := m.reg.Update(bg, aj.id, func(r *registry.Record) error {
-		r.Status, r.Reason, r.Updated = status, reason, now
+	rec, err := m.apply(aj.id, f, func(r *registry.Record, _ decision) {
 		if final.Progress.Processed > 0 || final.Progress.TotalKnown || final.Progress.Batches > 0 {
 			r.Counts = countsOf(final.Progress)
 		}
@@ -359,13 +418,9 @@ func (m *Manager) finish(aj *activeJob, out Outcome, runErr error) {
 		if final.Memory.Budget > 0 {
 			r.BudgetBytes = final.Memory.Budget
 		}
-		if status.Finished() {
-			r.Finished = now
-		}
-		if status == registry.StatusCompleted {
+		if r.Status == registry.StatusCompleted {
 			r.RetryFailed = false
 		}
-		return nil
 	})
 	if err != nil {
 		aj.log.Error().Err(err).Msg("record job end")
@@ -514,18 +569,25 @@ func (m *Manager) Cancel(ctx context.Context, id string) (JobView, error) {
 }
 
 func (m *Manager) stop(ctx context.Context, id string, in intent) (JobView, error) {
-	action, target := "pause", registry.StatusPaused
+	act := actPause
 	if in == intentCancel {
-		action, target = "cancel", registry.StatusCancelled
+		act = actCancel
 	}
+	m.opMu.Lock()
 	m.mu.Lock()
 	if aj, ok := m.active[id]; ok {
-		if aj.intent != intentNone && in == intentPause {
+		if _, err := transition(facts{From: registry.StatusRunning, Action: act, Running: true, Stopping: aj.intent != intentNone}); err != nil {
 			m.mu.Unlock()
-			return JobView{}, &TransitionError{ID: id, Action: action, From: registry.StatusRunning, Hint: "it is already stopping"}
+			m.opMu.Unlock()
+			var te *TransitionError
+			if errors.As(err, &te) {
+				te.ID = id
+			}
+			return JobView{}, err
 		}
 		aj.intent = in
 		m.mu.Unlock()
+		m.opMu.Unlock()
 		var err error
 		if in == intentCancel {
 			err = aj.sup.Cancel(ctx)
@@ -533,118 +595,100 @@ func (m *Manager) stop(ctx context.Context, id string, in intent) (JobView, erro
 			err = aj.sup.Pause(ctx)
 		}
 		if err != nil {
-			return JobView{}, fmt.Errorf("%s job %s: %w", action, id, err)
+			return JobView{}, fmt.Errorf("%s job %s: %w", act, id, err)
 		}
 		select {
 		case <-aj.done:
 		case <-ctx.Done():
-			return JobView{}, fmt.Errorf("wait for job %s to %s: %w", id, action, ctx.Err())
+			return JobView{}, fmt.Errorf("wait for job %s to %s: %w", id, act, ctx.Err())
 		}
 		return m.Get(id)
 	}
-	defer m.mu.Unlock()
-	now := m.now()
-	rec, err := m.reg.Update(bg, id, func(r *registry.Record) error {
-		ok := r.Status == registry.StatusQueued || (in == intentCancel && r.Status == registry.StatusPaused)
-		if !ok {
-			return &TransitionError{ID: id, Action: action, From: r.Status}
-		}
-		r.Status, r.Updated, r.Reason = target, now, action+" requested"
-		if target.Finished() {
-			r.Finished = now
-		}
-		return nil
-	})
+	m.mu.Unlock()
+	defer m.opMu.Unlock()
+	rec, err := m.apply(id, facts{Action: act})
 	if err != nil {
 		return JobView{}, err
 	}
-	m.log.Info().Str(keyJob, id).Str("status", string(target)).Msg("job " + string(target))
+	m.log.Info().Str(keyJob, id).Str("status", string(rec.Status)).Msg("job " + string(rec.Status))
 	kind := EventStatus
-	if target.Finished() {
+	if rec.Status.Finished() {
 		kind = EventDone
-		m.metrics.jobEvent(string(target))
+		m.metrics.jobEvent(string(rec.Status))
 	}
+	m.mu.Lock()
 	m.publishViewLocked(id, kind)
+	m.mu.Unlock()
 	return m.viewOf(rec, nil), nil
 }
 
 // Resume queues a paused or failed job; it continues from its checkpoint.
 func (m *Manager) Resume(id string) (JobView, error) {
-	return m.requeue(id, "resume", func(r *registry.Record) error {
-		if r.Status != registry.StatusPaused && r.Status != registry.StatusFailed {
-			return &TransitionError{ID: id, Action: "resume", From: r.Status, Hint: "only a paused or failed job can be resumed"}
-		}
-		return nil
-	})
+	return m.requeue(id, facts{Action: actResume})
 }
 
 // RetryFailed queues a finished job to process its failed items again.
 func (m *Manager) RetryFailed(id string) (JobView, error) {
-	return m.requeue(id, "retry the failed items of", func(r *registry.Record) error {
-		if r.Status != registry.StatusCompleted && r.Status != registry.StatusFailed {
-			return &TransitionError{ID: id, Action: "retry the failed items of", From: r.Status,
-				Hint: "only a completed or failed job can retry its failed items"}
-		}
-		st, err := os.Stat(filepath.Join(m.jobsDir, id, "failed.jsonl"))
-		if err != nil || st.Size() == 0 {
-			return &TransitionError{ID: id, Action: "retry the failed items of", From: r.Status, Hint: "it has no failed items"}
-		}
-		r.RetryFailed = true
-		return nil
-	})
+	st, err := os.Stat(filepath.Join(m.jobsDir, id, batcher.FailedFile))
+	return m.requeue(id, facts{Action: actRetry, HasFailedItems: err == nil && st.Size() > 0})
 }
 
-func (m *Manager) requeue(id, action string, check func(*registry.Record) error) (JobView, error) {
+// requeue applies a transition that makes a finished or paused job queued
+// again. The registry refuses it if another active job has taken the same
+// source and target meanwhile.
+func (m *Manager) requeue(id string, f facts) (JobView, error) {
 	m.mu.Lock()
-	if m.closing {
-		m.mu.Unlock()
+	closing := m.closing
+	m.mu.Unlock()
+	if closing {
 		return JobView{}, ErrClosed
 	}
-	now := m.now()
-	rec, err := m.reg.Update(bg, id, func(r *registry.Record) error {
-		if err := check(r); err != nil {
-			return err
-		}
-		r.Status, r.Reason, r.Updated = registry.StatusQueued, "", now
-		r.Finished = time.Time{}
-		return nil
-	})
-	if err == nil {
-		m.log.Info().Str(keyJob, id).Bool("retry_failed", rec.RetryFailed).Msg("job queued again")
-		m.hubLocked(id)
-		m.publishViewLocked(id, EventStatus)
-	}
-	m.mu.Unlock()
+	m.opMu.Lock()
+	rec, err := m.apply(id, f)
+	m.opMu.Unlock()
 	if err != nil {
 		return JobView{}, err
 	}
+	m.log.Info().Str(keyJob, id).Bool("retry_failed", rec.RetryFailed).Msg("job queued again")
+	m.mu.Lock()
+	m.hubLocked(id)
+	m.publishViewLocked(id, EventStatus)
+	m.mu.Unlock()
 	m.schedule()
 	return m.Get(id)
 }
 
 // Delete removes a finished job and its state directory.
 func (m *Manager) Delete(id string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
 	rec, err := m.reg.Get(bg, id)
 	if err != nil {
 		return err
 	}
-	if !rec.Status.Finished() {
-		return &TransitionError{ID: id, Action: "delete", From: rec.Status, Hint: "cancel it first"}
+	if _, err := transition(facts{From: rec.Status, Action: actDelete}); err != nil {
+		var te *TransitionError
+		if errors.As(err, &te) {
+			te.ID = id
+		}
+		return err
 	}
-	return m.removeLocked(rec)
+	return m.remove(rec)
 }
 
-func (m *Manager) removeLocked(rec registry.Record) error {
+// remove deletes a job's record, then its state directory, with opMu held
+// and m.mu not.
+func (m *Manager) remove(rec registry.Record) error {
 	if err := m.reg.Delete(bg, rec.ID); err != nil {
 		return err
 	}
+	m.mu.Lock()
 	m.specs.forget(rec)
 	if h, ok := m.hubs[rec.ID]; ok {
 		h.close()
 		delete(m.hubs, rec.ID)
 	}
+	m.mu.Unlock()
 	dir := filepath.Join(m.jobsDir, rec.ID)
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove job state %s: %w", dir, err)
@@ -659,16 +703,21 @@ func (m *Manager) prune(cutoff time.Time) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
 	n := 0
 	for _, r := range recs {
-		if !r.Finished.IsZero() && r.Finished.Before(cutoff) {
-			if err := m.removeLocked(r); err != nil {
-				return n, err
-			}
-			n++
+		if r.Finished.IsZero() || !r.Finished.Before(cutoff) {
+			continue
 		}
+		// Resumed or retried since the list was read: keep it.
+		if cur, err := m.reg.Get(bg, r.ID); err != nil || !cur.Status.Finished() {
+			continue
+		}
+		if err := m.remove(r); err != nil {
+			return n, err
+		}
+		n++
 	}
 	return n, nil
 }

@@ -39,7 +39,12 @@ type options struct {
 	heartbeat time.Duration
 	tick      time.Duration
 	onRoutes  func([]Route)
+	reg       Registry
 }
+
+// WithRegistry makes Serve keep its jobs in reg, which the caller opened
+// and closes, instead of the bbolt file in the state dir.
+func WithRegistry(reg Registry) Option { return func(o *options) { o.reg = reg } }
 
 // WithLogger sets the logger; the default discards everything.
 func WithLogger(l zerolog.Logger) Option { return func(o *options) { o.log = l } }
@@ -139,11 +144,15 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 	case tokenPath != "":
 		log.Info().Str("token_file", tokenPath).Msg("API token from the state directory")
 	}
-	reg, err := registry.Open(cfg.registryPath(), 2*time.Second)
-	if err != nil {
-		return err
+	reg := o.reg
+	if reg == nil {
+		db, err := registry.Open(cfg.registryPath(), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		reg = db
 	}
-	defer reg.Close()
 
 	promReg := o.registry
 	if promReg == nil {

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
+	"sync"
 
 	"github.com/rs/zerolog"
 
@@ -50,6 +50,12 @@ func DefaultRunnerPath() (string, error) {
 type superviseAdapter struct {
 	s    *supervise.Supervisor
 	done chan struct{}
+
+	mu sync.Mutex
+	// stop cancels the run's context once Run has begun.
+	stop context.CancelFunc
+	// stopped: a pause or cancel came before the supervising loop was up.
+	stopped bool
 }
 
 var _ Supervisor = (*superviseAdapter)(nil)
@@ -60,25 +66,47 @@ func (a *superviseAdapter) logsMemoryEvents() bool { return true }
 
 func (a *superviseAdapter) Run(ctx context.Context, mode StartMode) (Outcome, error) {
 	defer close(a.done)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.mu.Lock()
+	a.stop = cancel
+	if a.stopped {
+		cancel()
+	}
+	a.mu.Unlock()
 	sum, err := a.s.Run(ctx, supervise.StartMode{Resume: mode.Resume, RetryFailed: mode.RetryFailed})
+	a.mu.Lock()
+	stopped := a.stopped
+	a.mu.Unlock()
+	if stopped && errors.Is(err, context.Canceled) {
+		// Stopped before it was up: nothing ran, the job is paused.
+		return Outcome{Status: registry.StatusPaused, Final: a.Snapshot()}, nil
+	}
 	return Outcome{Status: registry.Status(sum.Status), Reason: sum.Reason, Final: a.Snapshot()}, err
 }
 
-// control retries while the run has not started its supervising loop yet:
-// the Manager may ask to pause a job in the instant after starting it.
+// control asks the supervisor to pause or cancel. The Manager may ask in
+// the instant after starting a job, before the supervising loop is up
+// (supervise.ErrNotRunning): then the run's context is cancelled, which
+// drains a runner that came up meanwhile, and Run returns paused; the
+// Manager records a cancel as cancelled. No polling: control waits for
+// Run to return.
 func (a *superviseAdapter) control(ctx context.Context, fn func(context.Context) error) error {
-	for {
-		err := fn(ctx)
-		if !errors.Is(err, supervise.ErrNotRunning) {
-			return err
-		}
-		select {
-		case <-a.done:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
+	err := fn(ctx)
+	if !errors.Is(err, supervise.ErrNotRunning) {
+		return err
+	}
+	a.mu.Lock()
+	a.stopped = true
+	if a.stop != nil {
+		a.stop()
+	}
+	a.mu.Unlock()
+	select {
+	case <-a.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/memvisor/memvisor/internal/atomicfile"
+	"github.com/memvisor/memvisor/pkg/batcher"
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service"
 	"github.com/memvisor/memvisor/pkg/service/registry"
@@ -216,7 +217,7 @@ func (s *Sim) Run(ctx context.Context, mode service.StartMode) (service.Outcome,
 	}
 	if s.spec.DryRun {
 		preview, _ := json.Marshal(map[string]any{"job": s.spec.ID, "would_create": cp.Created, "would_update": 0, "sample": []any{}})
-		if err := atomicfile.WriteBytes(filepath.Join(s.dir(), "dry-run.json"), 0o644, preview); err != nil {
+		if err := atomicfile.WriteBytes(filepath.Join(s.dir(), batcher.DryRunFile), 0o644, preview); err != nil {
 			return s.outcome(registry.StatusFailed, err.Error(), update), nil
 		}
 	}
@@ -243,7 +244,7 @@ func (s *Sim) batch(cp *checkpoint, n int64) error {
 	if failed.Len() == 0 {
 		return nil
 	}
-	f, err := os.OpenFile(filepath.Join(s.dir(), "failed.jsonl"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	f, err := os.OpenFile(filepath.Join(s.dir(), batcher.FailedFile), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
@@ -260,7 +261,7 @@ func (s *Sim) batch(cp *checkpoint, n int64) error {
 
 // retryFailed turns every failed item into a created one.
 func (s *Sim) retryFailed(cp *checkpoint, update func(uint64) plugin.Progress) (service.Outcome, error) {
-	data, err := os.ReadFile(filepath.Join(s.dir(), "failed.jsonl"))
+	data, err := os.ReadFile(filepath.Join(s.dir(), batcher.FailedFile))
 	if err != nil {
 		return s.outcome(registry.StatusFailed, err.Error(), update), nil
 	}
@@ -270,7 +271,7 @@ func (s *Sim) retryFailed(cp *checkpoint, update func(uint64) plugin.Progress) (
 	if err := s.save(*cp); err != nil {
 		return s.outcome(registry.StatusFailed, err.Error(), update), nil
 	}
-	if err := os.Remove(filepath.Join(s.dir(), "failed.jsonl")); err != nil {
+	if err := os.Remove(filepath.Join(s.dir(), batcher.FailedFile)); err != nil {
 		return s.outcome(registry.StatusFailed, err.Error(), update), nil
 	}
 	return s.outcome(registry.StatusCompleted, "", update), nil
