@@ -422,7 +422,8 @@ func (h *Host) guardDrain(usage, line uint64) {
 	b.Drain()
 }
 
-// Cancel stops the job for good after the batch in flight.
+// Cancel stops the job for good, as a drain does: no write is issued
+// after it, and the done items of the batch in flight are committed.
 func (h *Host) Cancel(ctx context.Context) error {
 	h.inj.gate()
 	h.mu.Lock()
