@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -520,25 +521,31 @@ func TestDrainSnapshotsAndResumes(t *testing.T) {
 
 // drainingTarget hides the jsonl target's sequential writes, so the batch
 // is written concurrently, as against an API, and asks for a drain as its
-// nth create starts.
+// nth write starts. Counting and asking happen under one lock, so no
+// write starts between the nth and the drain request.
 type drainingTarget struct {
 	connector.Target
 	n     int64
-	calls atomic.Int64
+	mu    sync.Mutex
+	calls int64
 	drain func()
 }
 
-func (d *drainingTarget) Create(ctx context.Context, ext string, f connector.Fields) (int64, error) {
-	if d.calls.Add(1) == d.n {
+func (d *drainingTarget) count() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.calls++; d.calls == d.n {
 		d.drain()
 	}
+}
+
+func (d *drainingTarget) Create(ctx context.Context, ext string, f connector.Fields) (int64, error) {
+	d.count()
 	return d.Target.Create(ctx, ext, f)
 }
 
 func (d *drainingTarget) Update(ctx context.Context, id int64, f connector.Fields) error {
-	if d.calls.Add(1) == d.n {
-		d.drain()
-	}
+	d.count()
 	return d.Target.Update(ctx, id, f)
 }
 
@@ -557,10 +564,10 @@ func TestDrainMidBatchStopsAtItemsAndResumesExactlyOnce(t *testing.T) {
 			f.spec.BatchSize = 100
 			f.spec.Concurrency = 5
 			f.spec.Mode = mode
-			// Three drains, at the 7th, 30th and 50th write of a run: the
+			// Three drains, at the 7th, 20th and 33rd write of a run: the
 			// second and third land in a batch that a drain already split.
 			var linesBefore int
-			for attempt, at := range []int64{7, 30, 50} {
+			for attempt, at := range []int64{7, 20, 33} {
 				var b *batcher.Batcher
 				b, done := f.open(func(o *batcher.Options) {
 					o.Target = &drainingTarget{Target: o.Target, n: at, drain: func() { b.Drain() }}

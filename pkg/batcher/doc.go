@@ -20,6 +20,18 @@
 //     fsyncs), failed.jsonl syncs, and the checkpoint is committed
 //     (pkg/checkpoint). Only then does the next batch start.
 //
+// # Drains inside a batch
+//
+// A drain or a cancel is seen before every write: no write is issued
+// after it, the writes in flight (at most concurrency) complete, and the
+// checkpoint is committed with its cursor still at the batch's start and a
+// bitmap of the batch's done items (checkpoint.Partial). A resume reads
+// the same batch again, to the same length, and does only the items not
+// marked done. So a drain takes about one write and one commit, whatever
+// the batch size or the target's speed (docs/design.md, "Graceful restart
+// protocol"). The next batch is read and prepared while a batch commits,
+// but nothing of it is planned or written before that commit is durable.
+//
 // # Exactly once
 //
 // A runner can die at any instant. The checkpoint records the target's

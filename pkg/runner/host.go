@@ -212,6 +212,13 @@ func (h *Host) StartSpec(ctx context.Context, spec job.Spec, req plugin.StartReq
 func (h *Host) run(ctx context.Context, b *batcher.Batcher, src connector.Source, tgt connector.Target, lk *flock.Flock) {
 	h.setState(plugin.StateRunning)
 	res, err := b.Run(ctx)
+	h.mu.Lock()
+	if res.Status == batcher.StatusDrained && !h.drainStart.IsZero() {
+		// The checkpoint is durable now; closing the connectors is not
+		// part of the drain.
+		h.drainTook = h.now().Sub(h.drainStart)
+	}
+	h.mu.Unlock()
 	cerr := errors.Join(src.Close(), tgt.Close())
 	if err == nil && cerr != nil {
 		err = fmt.Errorf("close connectors: %w", cerr)
@@ -227,9 +234,6 @@ func (h *Host) run(ctx context.Context, b *batcher.Batcher, src connector.Source
 		h.state = plugin.StateDrained
 		if h.drainReason == "" {
 			h.drainReason = plugin.DrainRequested
-		}
-		if !h.drainStart.IsZero() {
-			h.drainTook = h.now().Sub(h.drainStart)
 		}
 		h.log.Info().Str("reason", string(h.drainReason)).Dur("took", h.drainTook).
 			Int64("seq", res.Checkpoint.Seq).Int64("offset", res.Checkpoint.Source.Index).Msg("drained")
@@ -422,7 +426,8 @@ func (h *Host) guardDrain(usage, line uint64) {
 	b.Drain()
 }
 
-// Cancel stops the job for good after the batch in flight.
+// Cancel stops the job for good, as a drain does: no write is issued
+// after it, and the done items of the batch in flight are committed.
 func (h *Host) Cancel(ctx context.Context) error {
 	h.inj.gate()
 	h.mu.Lock()
