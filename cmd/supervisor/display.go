@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/schollz/progressbar/v3"
 
+	"github.com/memvisor/memvisor/internal/logkey"
 	"github.com/memvisor/memvisor/pkg/supervise"
 )
 
@@ -136,8 +137,8 @@ func (d *display) refresh() {
 		Int64("processed", p.Processed).Int64("created", p.Created).Int64("updated", p.Updated).
 		Int64("skipped", p.Skipped).Int64("failed", p.Failed).
 		Float64("itemsPerSec", float64(int64(rate))).
-		Float64("rssMB", round1(mib(mem.RSS))).Float64("budgetMB", round1(mib(mem.Budget))).
-		Float64("heapUsedPercent", round1(mem.Percent)).Str("level", string(mem.Level)).
+		Float64(logkey.RSSMB, round1(mib(mem.RSS))).Float64(logkey.BudgetMB, round1(mib(mem.Budget))).
+		Float64(logkey.UsagePercent, round1(mem.Percent)).Str(logkey.MemoryLevel, string(mem.Level)).
 		Int("restarts", st.Restarts.Total()).Int("gc_requests", st.GCRequests)
 	if p.TotalKnown && p.Total > 0 {
 		ev.Int64("total", p.Total).Float64("percent", round1(float64(p.Processed)*100/float64(p.Total)))

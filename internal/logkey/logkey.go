@@ -26,6 +26,9 @@ const (
 	// HeapGoalMB is the size at which the Go runtime's next GC cycle
 	// ends, /gc/heap/goal:bytes.
 	HeapGoalMB = "heapGoalMB"
+	// HeapMappedMB is what the Go heap holds from the OS: objects,
+	// unused and free-but-not-released spans (V8's heapTotal).
+	HeapMappedMB = "heapMappedMB"
 	// TotalMappedMB is every byte the Go runtime has mapped,
 	// /memory/classes/total:bytes.
 	TotalMappedMB = "totalMappedMB"
@@ -35,6 +38,10 @@ const (
 	// the live heap) as a percentage of the budget; never of the heap's
 	// own size.
 	UsagePercent = "usagePercent"
+	// HeapObjectsPercent and RSSPercent are HeapObjectsMB and RSSMB as
+	// percentages of the budget.
+	HeapObjectsPercent = "heapObjectsPercent"
+	RSSPercent         = "rssPercent"
 	// MemoryLevel is the policy's level: ok, warning, critical or kill.
 	MemoryLevel = "memoryLevel"
 

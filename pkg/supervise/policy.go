@@ -154,7 +154,11 @@ type Action struct {
 //     projected at the median of their rates to now + the drain time +
 //     one sample interval at or above KillPercent asks for a graceful
 //     restart at once, whatever the GC cooldown says: the drain must
-//     finish before the leak reaches the kill line. The drain time is
+//     finish before the leak reaches the kill line. One GC round trip
+//     comes first (unless a GC already answered during the climb): the
+//     restart follows its answer (GCDone) unless the GC took usage off
+//     the projected course, as it does for a spike, or follows anyway
+//     when the answer is late. The drain time is
 //     learned from earlier drains (DrainDone), DefaultDrainTime until
 //     then. The projection starts from the trend, not from a last step
 //     steeper than it, so that a spike goes to GC first and is left
@@ -178,6 +182,8 @@ type Policy struct {
 	nrecent    int
 	climbRate  float64       // bytes a second, set by climbing
 	lastAt     time.Time     // the last sample's time
+	predictAt  time.Time     // a projection asked for GC then; its answer is awaited
+	gcDoneAt   time.Time     // the last GC answer
 	interval   time.Duration // between the last two samples
 
 	// drainTime is the learned time a drain takes. It outlives Reset:
@@ -271,9 +277,6 @@ func (p *Policy) growth() (rate float64, ok bool) {
 // must not restart the runner.
 func (p *Policy) predict(s Sample) (string, bool) {
 	usage := s.Usage()
-	if p.Percent(usage) < p.cfg.WarningPercent {
-		return "", false
-	}
 	rate, ok := p.growth()
 	if !ok {
 		return "", false
@@ -286,10 +289,19 @@ func (p *Policy) predict(s Sample) (string, bool) {
 		prev = last // s was not remembered: the trend runs from the last one that was
 	}
 	base := min(float64(usage), float64(prev.Usage())+rate*s.Time.Sub(prev.Time).Seconds())
+	return p.project(usage, base, rate)
+}
+
+// project reports whether usage, or base on its trend, rising at rate
+// would reach the kill line within the drain time and one sample
+// interval, and says so.
+func (p *Policy) project(usage uint64, base, rate float64) (string, bool) {
+	if p.Percent(usage) < p.cfg.WarningPercent || rate <= 0 {
+		return "", false
+	}
 	horizon := p.drainTime + p.interval
 	ceiling := p.cfg.Bytes(p.cfg.KillPercent)
-	projected := base + rate*horizon.Seconds()
-	if projected < float64(ceiling) {
+	if base+rate*horizon.Seconds() < float64(ceiling) {
 		return "", false
 	}
 	eta := time.Duration(float64(ceiling-min(usage, ceiling)) / rate * float64(time.Second))
@@ -297,6 +309,10 @@ func (p *Policy) predict(s Sample) (string, bool) {
 		"before a drain (about %s) and the next sample could finish",
 		p.Percent(usage), rate/(1<<20), p.cfg.KillPercent, eta.Round(time.Millisecond), p.drainTime.Round(time.Millisecond)), true
 }
+
+// gcWait is how long a projection waits for the answer to the GC it asked
+// for before it drains anyway.
+func (p *Policy) gcWait() time.Duration { return max(2*p.interval, 500*time.Millisecond) }
 
 // Percent returns usage as a percentage of the budget.
 func (p *Policy) Percent(usage uint64) float64 {
@@ -404,9 +420,27 @@ func (p *Policy) Observe(s Sample) []Action {
 	}
 	if reason, ok := p.predict(s); ok {
 		// Whatever the GC cooldown says: waiting for it is what lets a
-		// fast leak reach the kill line.
-		p.restarting = true
-		return append(out, act(ActionRestart, reason))
+		// fast leak reach the kill line. One GC round trip comes first,
+		// unless one already answered during this climb: a spike that
+		// fills over several samples (a loaded machine stretches it)
+		// looks like a leak until GC frees it.
+		switch {
+		case !p.gcDoneAt.IsZero() && !p.gcDoneAt.Before(p.recent[0].Time):
+			p.restarting = true
+			return append(out, act(ActionRestart, reason+"; a GC during the climb did not stop it"))
+		case p.predictAt.IsZero() && !p.lastGC.IsZero() && p.gcDoneAt.Before(p.lastGC):
+			// A GC asked for on entering critical is still out: its
+			// answer decides.
+			p.predictAt = p.lastGC
+		case p.predictAt.IsZero():
+			p.predictAt, p.lastGC = s.Time, s.Time
+			return append(out, act(ActionGC, reason+"; asking for a GC first, which frees a spike"))
+		}
+		if s.Time.Sub(p.predictAt) >= p.gcWait() {
+			p.restarting = true
+			return append(out, act(ActionRestart, reason+"; the GC asked for did not answer in time"))
+		}
+		return out // the GC answer decides
 	}
 	switch lvl {
 	case LevelCritical:
@@ -440,11 +474,33 @@ func (p *Policy) Observe(s Sample) []Action {
 // request were a steady climb toward the ceiling, it asks for a graceful
 // restart now rather than after the cooldown.
 func (p *Policy) GCDone(at time.Time, rssAfter uint64) []Action {
-	if p.killed || p.restarting || p.gcAt.IsZero() {
+	if p.killed || p.restarting {
 		return nil
 	}
+	p.gcDoneAt = at
 	after := Sample{Time: at, RSSBytes: rssAfter}
 	pct := p.Percent(after.Usage())
+	if !p.predictAt.IsZero() {
+		// The GC a projection asked for: drain at once unless it freed
+		// enough to take usage off the projected course.
+		p.predictAt = time.Time{}
+		rate, ok := p.growth()
+		if !ok {
+			return nil
+		}
+		reason, ok := p.project(rssAfter, float64(rssAfter), rate)
+		if !ok {
+			return nil
+		}
+		p.restarting = true
+		return []Action{{
+			Kind: ActionRestart, From: p.level, To: p.level, UsageBytes: rssAfter, Percent: pct,
+			Reason: "after a GC, " + reason,
+		}}
+	}
+	if p.gcAt.IsZero() {
+		return nil
+	}
 	if pct < p.cfg.CriticalPercent {
 		return nil
 	}

@@ -311,33 +311,64 @@ func TestPolicyPredicts(t *testing.T) {
 		CriticalSamples: 3, GCCooldown: time.Second,
 	}
 	ms := time.Millisecond
+	// answer is the runner's answer to a GC request, 10ms after the
+	// sample of its index, and the actions it must give.
+	type answer struct {
+		rss  uint64
+		want []string
+	}
 	for _, tc := range []struct {
 		name  string
 		drain []time.Duration // drains learned before the samples
 		steps []step
+		gc    map[int]answer
 	}{
-		{"fast steady leak drains from the warning level", nil, []step{
+		{"fast steady leak: GC first, then a drain at once", nil, []step{
 			{0, 700, 0, nil},
 			{250 * ms, 740, 0, nil},
 			{500 * ms, 780, 0, []string{"level:ok>warning"}},
 			// 160 B/s: 820 + 160 * (1s + 250ms) = 1020, past the kill line.
-			{750 * ms, 820, 0, []string{"restart"}},
+			{750 * ms, 820, 0, []string{"gc"}},
 			{1000 * ms, 860, 0, []string{"level:warning>critical"}}, // draining: no GC, no second restart
 			{1250 * ms, 960, 0, []string{"level:critical>kill", "kill"}},
-		}},
-		{"during the GC cooldown", nil, []step{
+		}, map[int]answer{3: {825, []string{"restart"}}}},
+		{"a GC that answered during the climb: a drain at once", nil, []step{
+			{0, 700, 0, nil},
+			{250 * ms, 740, 0, nil},
+			{500 * ms, 780, 0, []string{"level:ok>warning"}},
+			{750 * ms, 820, 0, []string{"gc"}},
+			// The GC freed a little, not enough to leave the course.
+			{1000 * ms, 860, 0, []string{"level:warning>critical", "restart"}},
+		}, map[int]answer{3: {700, nil}}},
+		{"the GC answer is late: a drain anyway", nil, []step{
+			{0, 700, 0, nil},
+			{250 * ms, 740, 0, nil},
+			{500 * ms, 780, 0, []string{"level:ok>warning"}},
+			{750 * ms, 820, 0, []string{"gc"}},
+			{1000 * ms, 860, 0, []string{"level:warning>critical"}},
+			{1250 * ms, 900, 0, []string{"restart"}}, // 500ms without an answer
+		}, nil},
+		{"during the GC cooldown, after a GC that did not help", nil, []step{
 			{0, 860, 0, []string{"level:ok>critical", "gc"}},
 			{250 * ms, 880, 0, nil},
 			{500 * ms, 900, 0, nil},
 			// 80 B/s: 920 + 100 = 1020, while the cooldown runs to 1s.
 			{750 * ms, 920, 0, []string{"restart"}},
-		}},
+		}, map[int]answer{0: {860, nil}}},
+		{"during the GC cooldown, the GC still out decides", nil, []step{
+			{0, 860, 0, []string{"level:ok>critical", "gc"}},
+			{150 * ms, 880, 0, nil},
+			{300 * ms, 900, 0, nil},
+			// 133 B/s: 920 + 133 * 1.15s > 950; the GC asked for at 0 is
+			// out, and not late yet.
+			{450 * ms, 920, 0, nil},
+		}, map[int]answer{3: {921, []string{"restart"}}}},
 		{"below the warning level nothing is projected", nil, []step{
 			{0, 300, 0, nil},
 			{250 * ms, 450, 0, nil},
 			{500 * ms, 600, 0, nil},
 			{750 * ms, 740, 0, nil},
-		}},
+		}, nil},
 		{"a spike above a slow trend goes to GC and is left alone when freed", nil, []step{
 			{0, 700, 0, nil},
 			{250 * ms, 710, 0, nil},
@@ -347,35 +378,50 @@ func TestPolicyPredicts(t *testing.T) {
 			{1000 * ms, 740, 0, []string{"level:critical>ok"}},
 			{1250 * ms, 745, 0, nil},
 			{1500 * ms, 748, 0, nil},
-		}},
+		}, map[int]answer{3: {735, nil}}},
+		{"a steady fill cannot be told from a leak until GC frees it", nil, []step{
+			{0, 300, 0, nil},
+			{250 * ms, 500, 0, nil},
+			{500 * ms, 700, 0, nil},
+			{750 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
+			{1000 * ms, 320, 0, []string{"level:critical>ok"}},
+			{1250 * ms, 330, 0, nil},
+		}, map[int]answer{3: {310, nil}}},
+		{"a steady fill that GC does not free drains", nil, []step{
+			{0, 300, 0, nil},
+			{250 * ms, 500, 0, nil},
+			{500 * ms, 700, 0, nil},
+			{750 * ms, 900, 0, []string{"level:ok>critical", "gc"}},
+		}, map[int]answer{3: {900, []string{"restart"}}}},
 		{"a leak with one flat interval (a collection of the runner's own)", nil, []step{
 			{0, 700, 0, nil},
 			{250 * ms, 780, 0, []string{"level:ok>warning"}},
 			{500 * ms, 780, 0, nil},
 			// Rates 320, 0, 320 B/s: median 320; 860 + 320 * 1.25s > 950.
-			{750 * ms, 860, 0, []string{"level:warning>critical", "restart"}},
-		}},
+			{750 * ms, 860, 0, []string{"level:warning>critical", "gc"}},
+		}, map[int]answer{3: {860, []string{"restart"}}}},
 		{"a climb that stopped", nil, []step{
 			{0, 700, 0, nil},
 			{250 * ms, 800, 0, []string{"level:ok>warning"}},
 			{500 * ms, 900, 0, []string{"level:warning>critical", "gc"}},
 			{750 * ms, 900, 0, nil},
 			{1000 * ms, 900, 0, nil},
-		}},
+		}, nil},
 		{"a slow leak waits for the cooldown with the default drain time", nil, []step{
 			{0, 840, 0, []string{"level:ok>warning"}},
 			{250 * ms, 850, 0, []string{"level:warning>critical", "gc"}},
 			{500 * ms, 860, 0, nil},
 			// 40 B/s: 870 + 40 * 1.25s = 920.
 			{750 * ms, 870, 0, nil},
-		}},
+		}, map[int]answer{1: {850, nil}}},
 		{"a slow drain learned earlier widens the horizon", []time.Duration{3 * time.Second}, []step{
 			{0, 840, 0, []string{"level:ok>warning"}},
 			{250 * ms, 850, 0, []string{"level:warning>critical", "gc"}},
 			{500 * ms, 860, 0, nil},
-			// 40 B/s: 870 + 40 * 3.25s = 1000.
+			// 40 B/s: 870 + 40 * 3.25s = 1000, and the GC at 250ms
+			// answered during the climb.
 			{750 * ms, 870, 0, []string{"restart"}},
-		}},
+		}, map[int]answer{1: {850, nil}}},
 		{"fast sampling: a fill shorter than three spaced samples is a step", nil, []step{
 			// Every 50ms; only samples 150ms apart make a trend.
 			{0, 600, 0, nil},
@@ -386,7 +432,7 @@ func TestPolicyPredicts(t *testing.T) {
 			{250 * ms, 850, 0, []string{"level:warning>critical", "gc"}},
 			{300 * ms, 900, 0, nil},
 			{350 * ms, 900, 0, nil},
-		}},
+		}, nil},
 		{"fast sampling: a fill that goes on is a trend", nil, []step{
 			{0, 600, 0, nil},
 			{50 * ms, 620, 0, nil},
@@ -398,14 +444,8 @@ func TestPolicyPredicts(t *testing.T) {
 			{350 * ms, 740, 0, nil},
 			{400 * ms, 760, 0, []string{"level:ok>warning"}},
 			// 400 B/s over 0, 150, 300 and 450ms: 780 + 400 * (1s + 50ms) > 950.
-			{450 * ms, 780, 0, []string{"restart"}},
-		}},
-		{"a steady fill cannot be told from a leak in time: it drains", nil, []step{
-			{0, 300, 0, nil},
-			{250 * ms, 500, 0, nil},
-			{500 * ms, 700, 0, nil},
-			{750 * ms, 900, 0, []string{"level:ok>critical", "restart"}},
-		}},
+			{450 * ms, 780, 0, []string{"gc"}},
+		}, map[int]answer{9: {780, []string{"restart"}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := supervise.NewPolicy(cfg)
@@ -416,6 +456,12 @@ func TestPolicyPredicts(t *testing.T) {
 				got := describe(p.Observe(supervise.Sample{Time: t0.Add(s.at), RSSBytes: s.rss, HeapBytes: s.heap}))
 				if !reflect.DeepEqual(got, s.want) {
 					t.Fatalf("step %d (t=%v rss=%d): got %q, want %q", i, s.at, s.rss, got, s.want)
+				}
+				if a, ok := tc.gc[i]; ok {
+					got := describe(p.GCDone(t0.Add(s.at+10*ms), a.rss))
+					if !reflect.DeepEqual(got, a.want) {
+						t.Fatalf("GC answer after step %d (rss %d): got %q, want %q", i, a.rss, got, a.want)
+					}
 				}
 			}
 		})

@@ -30,7 +30,7 @@ var notable = map[string]bool{
 // shown are the fields printed after the message, in this order.
 var shown = []string{
 	"kind", "reason", "error", "orphan_pid", "runner_pid", "inject", "item",
-	"rssMB", "heapUsedPercent", "budgetMB", "rssBeforeMB", "rssAfterMB",
+	"rssMB", "usagePercent", "budgetMB", "rssBeforeMB", "rssAfterMB", "drainDuration",
 	"offset", "seq", "items", "status", "processed", "restarts", "gc_requests", "peakRssMB",
 }
 
