@@ -126,8 +126,8 @@
 //
 // Each client has one Gate, shared by all the goroutines that write
 // through it (see Gate), with a bucket for each of Podio's two tiers
-// (1,000 calls an hour, 250 for the calls marked "Rate limited": filter
-// and file upload). It reads X-Rate-Limit-Limit and
+// (1,000 calls an hour, 250 for the calls Podio marks "Rate limited",
+// taken to be filter and file upload). It reads X-Rate-Limit-Limit and
 // X-Rate-Limit-Remaining, spreads the last tenth of the quota over the
 // rest of the window, holds calls when it is spent, and on a 420 or 429
 // waits for "wait N seconds" in error_description, else Retry-After, else
