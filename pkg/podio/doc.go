@@ -101,7 +101,8 @@
 // again. An item with comments is created with its external_id plus
 // ".pending" and renamed once its comments are copied: a kill in
 // between leaves a pending item, which the next Scan finishes (see
-// docs/design.md, "Connectors").
+// docs/design.md, "Connectors"). When copying them fails instead, Sync's
+// mark stays below the item, so the next run's Scan still sees it.
 //
 // # Adopting earlier work
 //
