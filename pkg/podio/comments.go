@@ -2,6 +2,7 @@ package podio
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -90,6 +91,7 @@ func (t *Target) copyComments(ctx context.Context, src, dst int64) error {
 	}); err != nil {
 		return err
 	}
+	bo := t.c.newBackoff()
 	for _, cm := range todo {
 		mark := commentMark(cm.CommentID)
 		for attempt := 1; ; attempt++ {
@@ -101,7 +103,7 @@ func (t *Target) copyComments(ctx context.Context, src, dst int64) error {
 				return ctx.Err()
 			}
 			var ue *uncertainError
-			if !asUncertain(err, &ue) || attempt >= t.c.maxAttempts {
+			if !errors.As(err, &ue) || attempt >= t.c.maxAttempts {
 				return fmt.Errorf("copy comment %d of source item %d: %w", cm.CommentID, src, err)
 			}
 			made := false
@@ -113,6 +115,9 @@ func (t *Target) copyComments(ctx context.Context, src, dst int64) error {
 			}
 			if made {
 				break
+			}
+			if err := sleep(ctx, bo.NextBackOff()); err != nil {
+				return err
 			}
 		}
 	}

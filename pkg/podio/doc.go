@@ -101,7 +101,8 @@
 // again. An item with comments is created with its external_id plus
 // ".pending" and renamed once its comments are copied: a kill in
 // between leaves a pending item, which the next Scan finishes (see
-// docs/design.md, "Connectors").
+// docs/design.md, "Connectors"). When copying them fails instead, Sync's
+// mark stays below the item, so the next run's Scan still sees it.
 //
 // # Adopting earlier work
 //
@@ -126,8 +127,8 @@
 //
 // Each client has one Gate, shared by all the goroutines that write
 // through it (see Gate), with a bucket for each of Podio's two tiers
-// (1,000 calls an hour, 250 for the calls marked "Rate limited": filter
-// and file upload). It reads X-Rate-Limit-Limit and
+// (1,000 calls an hour, 250 for the calls Podio marks "Rate limited",
+// taken to be filter and file upload). It reads X-Rate-Limit-Limit and
 // X-Rate-Limit-Remaining, spreads the last tenth of the quota over the
 // rest of the window, holds calls when it is spent, and on a 420 or 429
 // waits for "wait N seconds" in error_description, else Retry-After, else

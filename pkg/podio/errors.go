@@ -138,5 +138,3 @@ func validationError(format string, args ...any) *connector.ItemError {
 	detail, _ := json.Marshal(map[string]string{"error": "invalid_value", "error_description": err.Error()})
 	return &connector.ItemError{Category: connector.CategoryValidation, Err: err, Detail: detail}
 }
-
-func asUncertain(err error, ue **uncertainError) bool { return errors.As(err, ue) }

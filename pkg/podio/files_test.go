@@ -406,3 +406,65 @@ func TestLinkedFilesAreSkipped(t *testing.T) {
 		t.Fatalf("target files %+v, want only doc-0-0.bin", files)
 	}
 }
+
+// An item whose comments cannot be copied (here the source credentials
+// cannot read them) fails, but stays unfinished: Sync's Mark stays
+// below it, so the next run's Scan since that Mark finishes it.
+func TestUnfinishedItemKeepsTheMarkBelowIt(t *testing.T) {
+	s := podioemu.New(podioemu.Config{})
+	srcIDs := seedFiles(t, s, []fileItem{{image: 1}, {image: 2, comments: 2}})
+	if _, err := s.Start(""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	src, good, _ := openFilePair(t, s, nil, "")
+	// A target whose source client cannot reach the source app.
+	wrong := newClient(t, s, appCreds(fileDstApp, dstToken), nil)
+	tc := newClient(t, s, appCreds(fileDstApp, dstToken), nil)
+	bad, err := podio.OpenTarget(t.Context(), podio.TargetOptions{Client: tc, AppID: fileDstApp,
+		Write: podio.WriteOptions{Silent: true}, SourceClient: wrong, Comments: true, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	recs, _, err := src.Read(ctx, connector.Cursor{}, 10)
+	if err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	first, err := bad.Create(ctx, connector.ExternalID(recs[0].Item.ID), recs[0].Item.Fields)
+	if err != nil {
+		t.Fatalf("an item without comments: %v", err)
+	}
+	if _, err := bad.Create(ctx, connector.ExternalID(recs[1].Item.ID), recs[1].Item.Fields); err == nil {
+		t.Fatal("copying comments with credentials that cannot read them succeeded")
+	}
+	mark, err := bad.Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(mark) != first {
+		t.Fatalf("mark %d, want %d: the last finished item, below the unfinished one", mark, first)
+	}
+	// The next run scans since that mark and finishes the item.
+	var seen []string
+	if _, err := good.Scan(ctx, mark, func(it connector.TargetItem) error {
+		seen = append(seen, it.ExternalID)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(seen, []string{fmt.Sprint(srcIDs[1])}) {
+		t.Fatalf("scan since the mark saw %v, want the unfinished item %d", seen, srcIDs[1])
+	}
+	id, found, err := good.LookupExternal(ctx, fmt.Sprint(srcIDs[1]))
+	if err != nil || !found {
+		t.Fatalf("lookup of the finished item: %v %v", found, err)
+	}
+	if got := s.ItemComments(id); len(got) != 2 {
+		t.Errorf("the finished item has %d comments, want 2", len(got))
+	}
+	dump := string(s.Items(fileDstApp)[1])
+	if !strings.Contains(dump, fmt.Sprintf(`"external_id":"%d"`, srcIDs[1])) {
+		t.Errorf("the finished item keeps its pending mark: %.200s", dump)
+	}
+}

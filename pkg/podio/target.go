@@ -718,11 +718,18 @@ func (t *Target) lookupAny(ctx context.Context, app int64, src string) (*APIItem
 
 // Sync has nothing to make durable: a confirmed write is in Podio. It
 // returns the highest item id seen or created, the Mark after which Scan
-// finds every later create.
+// finds every later create; but while an item this process created is
+// unfinished (its comments not all copied, say because copying them
+// failed), the Mark stays below it, so that the next run's Scan sees the
+// item and finishes it.
 func (t *Target) Sync(context.Context) (connector.Mark, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return connector.Mark(t.maxID), nil
+	mark := t.maxID
+	for _, id := range t.unfinished {
+		mark = min(mark, id-1)
+	}
+	return connector.Mark(mark), nil
 }
 
 // filterable lists the types FindByMatch can look up.

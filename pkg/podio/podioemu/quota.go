@@ -19,8 +19,10 @@ const (
 )
 
 // limitedRoutes are the calls this emulator treats as "Rate limited":
-// the resource-intensive ones among those it serves (item filtering and
-// file upload), as the API reference marks them.
+// the resource-intensive ones among those it serves, item filtering and
+// file upload. Podio's reference marks such calls one by one; the
+// client (pkg/podio) makes the same assumption, so that its gate and
+// the emulator agree.
 var limitedRoutes = []struct {
 	method string
 	path   *regexp.Regexp
