@@ -50,7 +50,7 @@ func node(t *testing.T, dsn, name string, opt postgres.Options) *postgres.Store 
 func create(t *testing.T, s *postgres.Store, id, pair string, st registry.Status) {
 	t.Helper()
 	rec := registry.Record{ID: id, Pair: pair, Status: st, Spec: []byte(`{"id":"` + id + `"}`)}
-	if err := s.Create(t.Context(), &rec); err != nil {
+	if err := s.Create(t.Context(), &rec, 0); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -73,5 +73,23 @@ func claimWithin(t *testing.T, s *postgres.Store, d time.Duration) *postgres.Cla
 			t.Fatalf("node %s claimed nothing within %s", s.Node(), d)
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// all returns every job in the given states, a page at a time.
+func all(t *testing.T, s *postgres.Store, statuses ...registry.Status) ([]registry.Record, error) {
+	t.Helper()
+	var out []registry.Record
+	opt := registry.ListOptions{Statuses: statuses, Limit: 1000}
+	for {
+		p, err := s.List(t.Context(), opt)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Jobs...)
+		if p.NextCursor == "" {
+			return out, nil
+		}
+		opt.Cursor = p.NextCursor
 	}
 }

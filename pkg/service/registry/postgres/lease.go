@@ -39,6 +39,13 @@ func (e *HeldError) Error() string {
 
 func (e *HeldError) Unwrap() error { return ErrHeld }
 
+// Log keys.
+const (
+	logLease = "lease"
+	logJobID = "job_id"
+	logEpoch = "epoch"
+)
+
 func jobLease(id string) string { return "job/" + id }
 
 // Lease is one node's hold on a job or a quota share, with its fencing
@@ -231,8 +238,16 @@ func (s *Store) Keep(leases ...*Lease) *Keeper {
 				rctx, rcancel := context.WithTimeout(ctx, interval)
 				err := l.Renew(rctx)
 				rcancel()
-				if errors.Is(err, ErrLeaseLost) {
+				switch {
+				case errors.Is(err, ErrLeaseLost):
+					s.log.Error().Err(err).Str(logLease, l.name).Str(logJobID, l.holder).Int64(logEpoch, l.epoch).
+						Msg("lease lost; the job's writer stops at its next fence check")
 					return
+				case err != nil && ctx.Err() == nil:
+					// The lease still runs until its local deadline; the
+					// next tick tries again.
+					s.log.Warn().Err(err).Str(logLease, l.name).Str(logJobID, l.holder).Int64(logEpoch, l.epoch).
+						Msg("lease renewal failed")
 				}
 			}
 		}()

@@ -20,7 +20,7 @@ import (
 // lease_ttl; b waits the lease out and takes the job with a higher epoch;
 // a's fence, renewal and checkpoint write are all refused afterwards.
 func TestFailoverFencesThePausedNode(t *testing.T) {
-	const ttl = 2 * time.Second
+	const ttl = 3 * time.Second
 	dsn := pgtest.NewDatabase(t)
 	a := node(t, dsn, "a", postgres.Options{LeaseTTL: ttl})
 	b := node(t, dsn, "b", postgres.Options{LeaseTTL: ttl})
@@ -134,7 +134,7 @@ func TestSQLFenceHoldsWhenTheLocalClockLies(t *testing.T) {
 // TestKeeperHoldsTheLease: a renewed lease outlives many TTLs, and is
 // taken over only after the keeper stops.
 func TestKeeperHoldsTheLease(t *testing.T) {
-	const ttl = 1500 * time.Millisecond
+	const ttl = 3 * time.Second
 	dsn := pgtest.NewDatabase(t)
 	a := node(t, dsn, "a", postgres.Options{LeaseTTL: ttl})
 	b := node(t, dsn, "b", postgres.Options{LeaseTTL: ttl})
@@ -241,7 +241,7 @@ func TestClaimTakesEachJobOnce(t *testing.T) {
 			t.Errorf("job %s: owner %q live=%v (%v), want %s", id, owner, live, err, n)
 		}
 	}
-	running, err := nodes[1].All(t.Context(), registry.StatusRunning)
+	running, err := all(t, nodes[1], registry.StatusRunning)
 	if err != nil || len(running) != jobs {
 		t.Errorf("running jobs: %d (%v), want %d", len(running), err, jobs)
 	}

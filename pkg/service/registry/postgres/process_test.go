@@ -172,7 +172,7 @@ func (h *helper) waitLines(t *testing.T, n int) {
 // one target write it had already passed its fence for, and its checkpoint
 // never lands.
 func TestStoppedNodeDoesNotWriteAfterItWakes(t *testing.T) {
-	const ttl = 2 * time.Second
+	const ttl = 3 * time.Second
 	dsn := pgtest.NewDatabase(t)
 	me := node(t, dsn, "parent", postgres.Options{LeaseTTL: ttl})
 	create(t, me, "job1", "", registry.StatusQueued)
@@ -247,7 +247,7 @@ func TestStoppedNodeDoesNotWriteAfterItWakes(t *testing.T) {
 // TestKilledNodesJobMoves: SIGKILL of a node's process group; its job is
 // taken over from its last checkpoint once the lease runs out.
 func TestKilledNodesJobMoves(t *testing.T) {
-	const ttl = 2 * time.Second
+	const ttl = 3 * time.Second
 	dsn := pgtest.NewDatabase(t)
 	me := node(t, dsn, "parent", postgres.Options{LeaseTTL: ttl})
 	create(t, me, "job1", "", registry.StatusQueued)

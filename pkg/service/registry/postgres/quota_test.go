@@ -30,7 +30,7 @@ func quotaOf(rec registry.Record) (string, error) {
 func createQuota(t *testing.T, s *postgres.Store, id, quota string) {
 	t.Helper()
 	rec := registry.Record{ID: id, Status: registry.StatusQueued, Spec: []byte(`{"quota":"` + quota + `"}`)}
-	if err := s.Create(t.Context(), &rec); err != nil {
+	if err := s.Create(t.Context(), &rec, 0); err != nil {
 		t.Fatal(err)
 	}
 }

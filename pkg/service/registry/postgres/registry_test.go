@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -86,7 +87,7 @@ func TestSurvivesReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := registry.Record{ID: "a", Pair: "p", Status: registry.StatusRunning, Spec: []byte(`{"id":"a"}`)}
-	if err := s.Create(t.Context(), &rec); err != nil {
+	if err := s.Create(t.Context(), &rec, 0); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Update(t.Context(), "a", func(r *registry.Record) error { r.Counts.Processed = 42; return nil }); err != nil {
@@ -110,7 +111,7 @@ func TestCreateConflictsAcrossNodes(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	a, b := node(t, dsn, "a", postgres.Options{}), node(t, dsn, "b", postgres.Options{})
 	mk := func(s *postgres.Store, id, pair string) error {
-		return s.Create(t.Context(), &registry.Record{ID: id, Pair: pair, Status: registry.StatusQueued})
+		return s.Create(t.Context(), &registry.Record{ID: id, Pair: pair, Status: registry.StatusQueued}, 0)
 	}
 	if err := mk(a, "a", "src>dst"); err != nil {
 		t.Fatal(err)
@@ -131,7 +132,7 @@ func TestCreateConflictsAcrossNodes(t *testing.T) {
 		t.Errorf("same pair after the first finished: %v", err)
 	}
 	// Resuming the failed job now conflicts with b, which holds the pair.
-	_, err = a.Reactivate(t.Context(), "a", func(r *registry.Record) error { r.Status = registry.StatusQueued; return nil })
+	_, err = a.Update(t.Context(), "a", func(r *registry.Record) error { r.Status = registry.StatusQueued; return nil })
 	if !errors.As(err, &ce) || ce.ID != "b" {
 		t.Errorf("reactivate onto a held pair: got %v, want a ConflictError naming b", err)
 	}
@@ -161,7 +162,7 @@ func TestCreateRaceHasOneWinner(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := nodes[i%2].Create(t.Context(), &registry.Record{ID: fmt.Sprint("j", i), Pair: "same", Status: registry.StatusQueued})
+			err := nodes[i%2].Create(t.Context(), &registry.Record{ID: fmt.Sprint("j", i), Pair: "same", Status: registry.StatusQueued}, 0)
 			if err == nil {
 				mu.Lock()
 				wins++
@@ -207,7 +208,7 @@ func TestListPagesAndFilters(t *testing.T) {
 	if got, want := fmt.Sprint(ids), "[j0 j1 j2 j4 j5 j6]"; got != want {
 		t.Errorf("pages: got %s, want %s", got, want)
 	}
-	queued, err := s.All(t.Context(), registry.StatusQueued)
+	queued, err := all(t, s, registry.StatusQueued)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,5 +229,64 @@ func TestListPagesAndFilters(t *testing.T) {
 	}
 	if n[registry.StatusQueued] != 4 || n[registry.StatusCompleted] != 2 {
 		t.Errorf("count: got %v", n)
+	}
+}
+
+// registryContract is the method set of pkg/service's Registry interface
+// (see the wiring notes in doc.go); the Store must keep it.
+type registryContract interface {
+	Create(ctx context.Context, rec *registry.Record, maxQueued int) error
+	Get(ctx context.Context, id string) (registry.Record, error)
+	Update(ctx context.Context, id string, fn func(*registry.Record) error) (registry.Record, error)
+	Delete(ctx context.Context, id string) error
+	List(ctx context.Context, opt registry.ListOptions) (registry.Page, error)
+	Count(ctx context.Context) (map[registry.Status]int, error)
+	Close() error
+}
+
+var _ registryContract = (*postgres.Store)(nil)
+
+// TestQueueBoundAcrossNodes: nodes creating queued jobs at once never
+// queue more than maxQueued; the id and pair checks come first.
+func TestQueueBoundAcrossNodes(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	nodes := []*postgres.Store{node(t, dsn, "a", postgres.Options{}), node(t, dsn, "b", postgres.Options{})}
+	const maxQueued = 3
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok, full := 0, 0
+	var created string
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := nodes[i%2].Create(t.Context(), &registry.Record{ID: fmt.Sprint("q", i), Status: registry.StatusQueued}, maxQueued)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				ok++
+				created = fmt.Sprint("q", i)
+			case errors.Is(err, postgres.ErrQueueFull):
+				full++
+			default:
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok != maxQueued || full != 10-maxQueued {
+		t.Errorf("%d created and %d refused as full, want %d and %d", ok, full, maxQueued, 10-maxQueued)
+	}
+	if n, _ := nodes[0].Count(t.Context()); n[registry.StatusQueued] != maxQueued {
+		t.Errorf("queued: %d, want %d", n[registry.StatusQueued], maxQueued)
+	}
+	// A taken id is ErrExists even with the queue full; a running job is
+	// not bounded by the queue.
+	if err := nodes[1].Create(t.Context(), &registry.Record{ID: created, Status: registry.StatusQueued}, maxQueued); !errors.Is(err, registry.ErrExists) {
+		t.Errorf("taken id on a full queue: got %v, want ErrExists", err)
+	}
+	if err := nodes[1].Create(t.Context(), &registry.Record{ID: "r", Status: registry.StatusRunning}, maxQueued); err != nil {
+		t.Errorf("running job on a full queue: %v", err)
 	}
 }

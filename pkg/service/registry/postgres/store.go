@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
 
 	"github.com/memvisor/memvisor/pkg/service/registry"
 )
@@ -28,6 +29,9 @@ type Options struct {
 	// QuotaShares is how many jobs with one quota key may run at once
 	// across the fleet, each with its share of the quota; 1 if zero.
 	QuotaShares int
+	// Logger gets the keeper's renewal failures and lost leases; zerolog's
+	// Nop logger if zero.
+	Logger zerolog.Logger
 	// Now is the node's clock for its local lease deadlines (monotonic);
 	// time.Now if nil. Lease expiry itself is on the database's clock.
 	Now func() time.Time
@@ -46,6 +50,7 @@ type Store struct {
 	quotaKey func(registry.Record) (string, error)
 	shares   int
 	now      func() time.Time
+	log      zerolog.Logger
 }
 
 // Open connects to the database at dsn, migrates its schema and returns a
@@ -75,7 +80,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, opt Options) (*Store, error) {
 	if opt.Node == "" {
 		return nil, errors.New("postgres registry: node_id must not be empty")
 	}
-	s := &Store{pool: pool, node: opt.Node, ttl: opt.LeaseTTL, quotaKey: opt.QuotaKey, shares: opt.QuotaShares, now: opt.Now}
+	s := &Store{pool: pool, node: opt.Node, ttl: opt.LeaseTTL, quotaKey: opt.QuotaKey, shares: opt.QuotaShares, now: opt.Now, log: opt.Logger}
 	if s.ttl <= 0 {
 		s.ttl = DefaultLeaseTTL
 	}
@@ -107,11 +112,22 @@ func (s *Store) LeaseTTL() time.Duration { return s.ttl }
 
 const activeStatuses = "('queued', 'running', 'paused')"
 
-// Create adds a new job. It fails with registry.ErrExists if the id is
-// taken, and with a *registry.ConflictError (ErrActivePair) if an active
-// job has the same Pair; the database decides, so two nodes racing on one
-// id or pair cannot both win. It sets rec.Seq.
-func (s *Store) Create(ctx context.Context, rec *registry.Record) error {
+// ErrQueueFull is returned by Create when maxQueued jobs are queued
+// already. It stands for registry.ErrQueueFull, which this tree's registry
+// package does not declare yet; see the wiring notes in doc.go.
+var ErrQueueFull = errors.New("the job queue is full")
+
+// queueLock is the advisory lock key that makes Create's queue bound and
+// its insert one step across nodes ("mvqueue" in ASCII).
+const queueLock int64 = 0x6d767175657565
+
+// Create adds rec as a new job and sets rec.Seq. It fails, writing nothing,
+// with registry.ErrExists if the id is taken; with a
+// *registry.ConflictError (registry.ErrActivePair) if rec is active and an
+// active job has the same Pair; and with ErrQueueFull if maxQueued > 0,
+// rec is queued and maxQueued jobs are queued already. The database
+// decides, so two nodes racing on one id or pair cannot both win.
+func (s *Store) Create(ctx context.Context, rec *registry.Record, maxQueued int) error {
 	if !rec.Status.Valid() {
 		return fmt.Errorf("create job %s: unknown status %q", rec.ID, rec.Status)
 	}
@@ -126,15 +142,39 @@ func (s *Store) Create(ctx context.Context, rec *registry.Record) error {
 	if err != nil {
 		return fmt.Errorf("encode job %s: %w", rec.ID, err)
 	}
+	bounded := maxQueued > 0 && rec.Status == registry.StatusQueued
 	var seq int64
-	err = s.pool.QueryRow(ctx, `
-		INSERT INTO jobs (id, pair, status, quota_key, record) VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (id) DO NOTHING RETURNING seq`,
-		rec.ID, rec.Pair, string(rec.Status), qk, string(data)).Scan(&seq)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return fmt.Errorf("create job %s: %w", rec.ID, registry.ErrExists)
-	case err != nil:
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if bounded {
+			// Creates that count the queue take turns; others need not.
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", queueLock); err != nil {
+				return err
+			}
+		}
+		err := tx.QueryRow(ctx, `
+			INSERT INTO jobs (id, pair, status, quota_key, record) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (id) DO NOTHING RETURNING seq`,
+			rec.ID, rec.Pair, string(rec.Status), qk, string(data)).Scan(&seq)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return registry.ErrExists
+		case err != nil:
+			return err
+		}
+		if bounded {
+			var n int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM jobs WHERE status = 'queued'`).Scan(&n); err != nil {
+				return err
+			}
+			if n > maxQueued {
+				return fmt.Errorf("%w (%d jobs are queued)", ErrQueueFull, maxQueued)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		// Named after the transaction ended: holding its connection while
+		// asking another of the pool could exhaust the pool.
 		return fmt.Errorf("create job %s: %w", rec.ID, s.pairConflict(ctx, err, rec.Pair, rec.ID))
 	}
 	rec.Seq = uint64(seq)
@@ -148,6 +188,7 @@ func (s *Store) pairConflict(ctx context.Context, err error, pair, except string
 	if !errors.As(err, &pe) || pe.Code != "23505" || pe.ConstraintName != "jobs_active_pair" {
 		return err
 	}
+	// The violation's own message says nothing a caller needs.
 	var holder string
 	qerr := s.pool.QueryRow(ctx, `SELECT id FROM jobs WHERE pair = $1 AND id <> $2 AND status IN `+activeStatuses+` LIMIT 1`,
 		pair, except).Scan(&holder)
@@ -188,8 +229,10 @@ func (s *Store) Get(ctx context.Context, id string) (registry.Record, error) {
 
 // Update reads job id, lets fn change it, and writes it back in one
 // transaction, with the row locked against other nodes. If fn returns an
-// error, nothing is written. A change that makes the job active while
-// another active job holds its pair fails with a *registry.ConflictError.
+// error, nothing is written. A change that makes the job active, or
+// changes its Pair while active, while another active job holds the pair
+// fails with a *registry.ConflictError: the unique index checks every
+// write, so no separate "reactivate" is needed.
 func (s *Store) Update(ctx context.Context, id string, fn func(*registry.Record) error) (registry.Record, error) {
 	var rec registry.Record
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -216,19 +259,14 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*registry.Record)
 		_, err = tx.Exec(ctx, `UPDATE jobs SET pair = $2, status = $3, record = $4, updated_at = now() WHERE id = $1`,
 			id, rec.Pair, string(rec.Status), string(data))
 		if err != nil {
-			return fmt.Errorf("update job %s: %w", id, s.pairConflict(ctx, err, rec.Pair, id))
+			return fmt.Errorf("update job %s: %w", id, err)
 		}
 		return nil
 	})
-	return rec, err
-}
-
-// Reactivate is Update for a transition that makes a finished job active
-// again. The unique index on active pairs makes every Update check the
-// pair, so the two differ only in name; both exist to keep the method set
-// of the bbolt registry.
-func (s *Store) Reactivate(ctx context.Context, id string, fn func(*registry.Record) error) (registry.Record, error) {
-	return s.Update(ctx, id, fn)
+	if err != nil {
+		return rec, s.pairConflict(ctx, err, rec.Pair, id)
+	}
+	return rec, nil
 }
 
 // Delete removes job id, with its checkpoint and lease.
@@ -294,24 +332,8 @@ func (s *Store) List(ctx context.Context, opt registry.ListOptions) (registry.Pa
 	return page, nil
 }
 
-// All returns every job in the given states, oldest first.
-func (s *Store) All(ctx context.Context, statuses ...registry.Status) ([]registry.Record, error) {
-	var out []registry.Record
-	opt := registry.ListOptions{Statuses: statuses, Limit: 1000}
-	for {
-		p, err := s.List(ctx, opt)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p.Jobs...)
-		if p.NextCursor == "" {
-			return out, nil
-		}
-		opt.Cursor = p.NextCursor
-	}
-}
-
-// Count returns the number of jobs in each state.
+// Count returns the number of jobs in each state, from the status column
+// alone.
 func (s *Store) Count(ctx context.Context) (map[registry.Status]int, error) {
 	rows, err := s.pool.Query(ctx, `SELECT status, count(*) FROM jobs GROUP BY status`)
 	if err != nil {
