@@ -126,7 +126,7 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 		}
 	}
 	policy, err := confine.New(confine.Rules{
-		AllowedRoots: cfg.allowedRoots(), StateDir: cfg.StateDir, PodioAPIURLs: cfg.PodioAPIURLs,
+		AllowedRoots: cfg.allowedRoots(), StateDir: cfg.StateDir, DataDir: cfg.dataDir(), PodioAPIURLs: cfg.PodioAPIURLs,
 		Credentials: cfg.AllowedCredentials, AllowInject: cfg.AllowInject,
 	})
 	if err != nil {
