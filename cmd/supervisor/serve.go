@@ -32,8 +32,18 @@ The configuration file is YAML, strict (an unknown key is an error);
 deploy/config.yaml is an annotated example. The environment overrides it:
 MEMVISOR_LISTEN, MEMVISOR_STATE_DIR, MEMVISOR_RUNNER_PATH,
 MEMVISOR_LOG_LEVEL, MEMVISOR_LOG_FORMAT, and MEMVISOR_TOKEN, the API's
-bearer token (else auth.token_file). Flags override both. The service
-refuses to listen beyond loopback without a token.
+bearer token (else systemd's credential api-token, else auth.token_file).
+Flags override both. The API always needs the token: with none configured,
+the first start writes one to STATE_DIR/api-token (mode 0600) and logs
+where it is. The service refuses to listen beyond loopback without a
+configured token, and answers only Host names that are loopback, the
+listen address, or in allowed_hosts.
+
+Jobs that come through the API are confined: their files must lie under
+allowed_roots (default STATE_DIR/data), they may name only the Podio API
+bases in podio_api_urls and the credentials in allowed_credentials, and
+fault injection needs allow_inject. A refused job gets 400 naming each
+field. The run command is a trusted local tool and is not confined.
 
 Flags:
 `

@@ -6,24 +6,25 @@ import (
 	"sync"
 	"time"
 
+	"github.com/memvisor/memvisor/pkg/supervise"
 	"github.com/memvisor/memvisor/plugin"
 )
 
 // The SSE wire form of an event. Each frame is encoded once and shared by
 // every subscriber.
 type eventData struct {
-	Time        time.Time        `json:"time"`
-	Job         string           `json:"job"`
-	Progress    *ProgressView    `json:"progress,omitempty"`
-	Throughput  *ThroughputView  `json:"throughput,omitempty"`
-	Memory      *Memory          `json:"memory,omitempty"`
-	Level       Level            `json:"level,omitempty"`
-	RestartKind string           `json:"restart_kind,omitempty"`
-	Reason      string           `json:"reason,omitempty"`
-	View        *JobView         `json:"view,omitempty"`
-	History     []memPoint       `json:"history,omitempty"`
-	Markers     []marker         `json:"markers,omitempty"`
-	Errors      map[string]int64 `json:"errors_by_category,omitempty"`
+	Time        time.Time         `json:"time"`
+	Job         string            `json:"job"`
+	Progress    *ProgressView     `json:"progress,omitempty"`
+	Throughput  *ThroughputView   `json:"throughput,omitempty"`
+	Memory      *supervise.Memory `json:"memory,omitempty"`
+	Level       Level             `json:"level,omitempty"`
+	RestartKind string            `json:"restart_kind,omitempty"`
+	Reason      string            `json:"reason,omitempty"`
+	View        *JobView          `json:"view,omitempty"`
+	History     []memPoint        `json:"history,omitempty"`
+	Markers     []marker          `json:"markers,omitempty"`
+	Errors      map[string]int64  `json:"errors_by_category,omitempty"`
 }
 
 // memPoint is one memory sample of the chart's history.
@@ -61,7 +62,7 @@ type hub struct {
 	// Progress events are sent at most every progressEvery; the latest
 	// one held back goes out with the next event of any kind.
 	lastProgress time.Time
-	pending      *Event
+	pending      *supervise.Event
 }
 
 // progressEvery bounds the rate of progress events: a runner commits a
@@ -113,7 +114,7 @@ func (h *hub) historyLocked() []memPoint {
 // publish records an event and sends it to every subscriber. A subscriber
 // whose buffer is full is dropped rather than waited for: its client
 // reconnects and starts again from a snapshot.
-func (h *hub) publish(id string, ev Event) {
+func (h *hub) publish(id string, ev supervise.Event) {
 	h.mu.Lock()
 	if ev.Kind == EventProgress {
 		if ev.Time.Sub(h.lastProgress) < progressEvery {
@@ -136,31 +137,33 @@ func (h *hub) publish(id string, ev Event) {
 	h.publishNow(id, ev)
 }
 
-func (h *hub) publishNow(id string, ev Event) {
-	d := eventData{Time: ev.Time, Job: id, Memory: ev.Memory, Level: ev.Level, RestartKind: ev.RestartKind, Reason: ev.Reason}
-	if ev.Progress != nil {
-		pv, tv := progressViews(*ev.Progress)
+func (h *hub) publishNow(id string, ev supervise.Event) {
+	d := eventData{Time: ev.Time, Job: id, Level: ev.Level, RestartKind: string(ev.RestartKind), Reason: ev.Reason}
+	switch ev.Kind {
+	case EventProgress:
+		pv, tv := progressViews(ev.Progress)
 		d.Progress, d.Throughput = &pv, &tv
 		d.Errors = ev.Progress.ErrorsByCategory
+	case EventMemory, EventLevel, EventGC, EventRestart:
+		mem := ev.Memory
+		d.Memory = &mem
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	ms := ev.Time.UnixMilli()
 	switch ev.Kind {
 	case EventMemory:
-		if ev.Memory != nil {
-			p := memPoint{T: ms, RSS: ev.Memory.RSS, Heap: ev.Memory.Heap, Budget: ev.Memory.Budget}
-			if len(h.hist) < historyLen {
-				h.hist = append(h.hist, p)
-			} else {
-				h.hist[h.histAt] = p
-				h.histAt = (h.histAt + 1) % historyLen
-			}
+		p := memPoint{T: ms, RSS: ev.Memory.RSS, Heap: ev.Memory.Heap, Budget: ev.Memory.Budget}
+		if len(h.hist) < historyLen {
+			h.hist = append(h.hist, p)
+		} else {
+			h.hist[h.histAt] = p
+			h.histAt = (h.histAt + 1) % historyLen
 		}
 	case EventGC, EventRestart, EventLevel:
 		label := string(ev.Level)
 		if ev.Kind == EventRestart {
-			label = ev.RestartKind
+			label = string(ev.RestartKind)
 		}
 		h.markers = append(h.markers, marker{T: ms, Kind: string(ev.Kind), Label: label, Reason: ev.Reason})
 		if len(h.markers) > markersLen {

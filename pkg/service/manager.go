@@ -18,6 +18,7 @@ import (
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service/confine"
 	"github.com/memvisor/memvisor/pkg/service/registry"
+	"github.com/memvisor/memvisor/pkg/supervise"
 )
 
 // Errors of job operations, matched with errors.Is. registry.ErrNotFound,
@@ -351,7 +352,7 @@ func (m *Manager) start(rec registry.Record) {
 	m.mu.Lock()
 	h := m.hubLocked(rec.ID)
 	m.mu.Unlock()
-	emit := func(ev Event) { m.onEvent(aj, h, ev) }
+	emit := func(ev supervise.Event) { m.onEvent(aj, h, ev) }
 	sup, err := m.factory(spec, log, emit)
 	if err != nil {
 		fail(fmt.Errorf("create supervisor: %w", err))
@@ -413,7 +414,7 @@ func (m *Manager) finish(aj *activeJob, out Outcome, runErr error) {
 			r.Counts = countsOf(final.Progress)
 		}
 		r.Restarts = addRestarts(r.Restarts, final.Restarts)
-		r.GCRequests += final.GCRequests
+		r.GCRequests += int64(final.GCRequests)
 		r.PeakRSS = max(r.PeakRSS, final.PeakRSS, final.Memory.RSS)
 		if final.Memory.Budget > 0 {
 			r.BudgetBytes = final.Memory.Budget
@@ -448,12 +449,15 @@ func (m *Manager) finish(aj *activeJob, out Outcome, runErr error) {
 	m.schedule()
 }
 
-func addRestarts(a, b registry.Restarts) registry.Restarts {
-	return registry.Restarts{Graceful: a.Graceful + b.Graceful, Crash: a.Crash + b.Crash, Hang: a.Hang + b.Hang, Kill: a.Kill + b.Kill}
+// addRestarts adds a run's restarts to the stored ones: the registry's
+// counters are the edge where the supervisor's Restarts are converted.
+func addRestarts(a registry.Restarts, b supervise.Restarts) registry.Restarts {
+	return registry.Restarts{Graceful: a.Graceful + int64(b.Graceful), Crash: a.Crash + int64(b.Crash),
+		Hang: a.Hang + int64(b.Hang), Kill: a.Kill + int64(b.Kill)}
 }
 
 // onEvent logs the memory events and passes every event to the job's hub.
-func (m *Manager) onEvent(aj *activeJob, h *hub, ev Event) {
+func (m *Manager) onEvent(aj *activeJob, h *hub, ev supervise.Event) {
 	if ev.Time.IsZero() {
 		ev.Time = m.now()
 	}
@@ -465,15 +469,15 @@ func (m *Manager) onEvent(aj *activeJob, h *hub, ev Event) {
 	case ev.Kind == EventGC:
 		memLine(aj.log.Warn(), ev, "gc request").Msg("asked the runner for GC")
 	case ev.Kind == EventRestart:
-		memLine(aj.log.Warn(), ev, "restart "+ev.RestartKind).Str("kind", ev.RestartKind).Msg("runner restarted")
+		memLine(aj.log.Warn(), ev, "restart "+string(ev.RestartKind)).Str("kind", string(ev.RestartKind)).Msg("runner restarted")
 	}
 	h.publish(aj.id, ev)
 }
 
 // memLine adds the original tool's memory fields to a log line.
-func memLine(e *zerolog.Event, ev Event, context string) *zerolog.Event {
+func memLine(e *zerolog.Event, ev supervise.Event, context string) *zerolog.Event {
 	e = e.Str("context", context).Str("reason", ev.Reason)
-	if mem := ev.Memory; mem != nil {
+	if mem := ev.Memory; mem.Budget > 0 || mem.RSS > 0 {
 		const mb = 1 << 20
 		e = e.Float64("heapUsedMB", round1(float64(mem.Heap)/mb)).
 			Float64("heapTotalMB", round1(float64(mem.Budget)/mb)).
@@ -507,7 +511,7 @@ func (m *Manager) publishViewLocked(id string, kind EventKind) {
 	if err != nil {
 		return
 	}
-	var live *Snapshot
+	var live *supervise.Status
 	if aj, ok := m.active[id]; ok && aj.sup != nil {
 		s := aj.sup.Snapshot()
 		live = &s
@@ -519,7 +523,7 @@ func (m *Manager) publishViewLocked(id string, kind EventKind) {
 	}
 }
 
-func (m *Manager) viewOf(rec registry.Record, live *Snapshot) JobView {
+func (m *Manager) viewOf(rec registry.Record, live *supervise.Status) JobView {
 	return viewOf(m.specs.get(rec), rec, live)
 }
 
@@ -726,7 +730,7 @@ func (m *Manager) prune(cutoff time.Time) (int, error) {
 // job's figures survive a crash of the service.
 func (m *Manager) persistProgress() {
 	m.mu.Lock()
-	snaps := make(map[string]Snapshot, len(m.active))
+	snaps := make(map[string]supervise.Status, len(m.active))
 	for id, aj := range m.active {
 		snaps[id] = aj.sup.Snapshot()
 	}
@@ -768,7 +772,7 @@ func (m *Manager) subscribe(id string) (*hub, *subscriber, []byte, bool, error) 
 	if err != nil {
 		return nil, nil, nil, false, err
 	}
-	var live *Snapshot
+	var live *supervise.Status
 	if aj, ok := m.active[id]; ok && aj.sup != nil {
 		s := aj.sup.Snapshot()
 		live = &s
@@ -801,10 +805,10 @@ func (m *Manager) heapProfile(ctx context.Context, id string) ([]byte, error) {
 }
 
 // activeSnapshots returns the snapshot of every running job.
-func (m *Manager) activeSnapshots() map[string]Snapshot {
+func (m *Manager) activeSnapshots() map[string]supervise.Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make(map[string]Snapshot, len(m.active))
+	out := make(map[string]supervise.Status, len(m.active))
 	for id, aj := range m.active {
 		out[id] = aj.sup.Snapshot()
 	}

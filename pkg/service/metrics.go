@@ -1,6 +1,8 @@
 package service
 
 import (
+	"github.com/memvisor/memvisor/pkg/supervise"
+
 	"net/http"
 	"strconv"
 	"time"
@@ -21,7 +23,7 @@ type metrics struct {
 	requests *prometheus.HistogramVec
 }
 
-func newMetrics(reg prometheus.Registerer, m func() map[string]Snapshot) *metrics {
+func newMetrics(reg prometheus.Registerer, m func() map[string]supervise.Status) *metrics {
 	mt := &metrics{
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "job_transitions_total",
@@ -102,7 +104,7 @@ func desc(name, help string, labels []string) *prometheus.Desc {
 
 // jobCollector reports every running job from its supervisor's snapshot.
 type jobCollector struct {
-	snapshots func() map[string]Snapshot
+	snapshots func() map[string]supervise.Status
 }
 
 func (c *jobCollector) Describe(ch chan<- *prometheus.Desc) {

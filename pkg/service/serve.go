@@ -18,6 +18,7 @@ import (
 	"github.com/memvisor/memvisor/internal/version"
 	"github.com/memvisor/memvisor/pkg/service/confine"
 	"github.com/memvisor/memvisor/pkg/service/registry"
+	"github.com/memvisor/memvisor/pkg/supervise"
 )
 
 // Log keys used by the service.
@@ -125,7 +126,7 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 		}
 	}
 	policy, err := confine.New(confine.Rules{
-		AllowedRoots: cfg.allowedRoots(), StateDir: cfg.StateDir, PodioAPIURLs: cfg.PodioAPIURLs,
+		AllowedRoots: cfg.allowedRoots(), StateDir: cfg.StateDir, DataDir: cfg.dataDir(), PodioAPIURLs: cfg.PodioAPIURLs,
 		Credentials: cfg.AllowedCredentials, AllowInject: cfg.AllowInject,
 	})
 	if err != nil {
@@ -159,7 +160,7 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 		promReg = newRegistry()
 	}
 	var mgr *Manager
-	mt := newMetrics(promReg, func() map[string]Snapshot { return mgr.activeSnapshots() })
+	mt := newMetrics(promReg, func() map[string]supervise.Status { return mgr.activeSnapshots() })
 	mgr = newManager(cfg, reg, policy, o.factory, log, o.now, mt)
 
 	ln := o.listener

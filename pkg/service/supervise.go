@@ -18,14 +18,16 @@ import (
 // SuperviseFactory builds the real supervisors: one pkg/supervise
 // Supervisor per run, each starting runnerPath as its runner process.
 func SuperviseFactory(runnerPath string) Factory {
-	return func(spec job.Spec, log zerolog.Logger, emit func(Event)) (Supervisor, error) {
+	return func(spec job.Spec, log zerolog.Logger, emit func(supervise.Event)) (Supervisor, error) {
 		a := &superviseAdapter{done: make(chan struct{})}
 		s, err := supervise.New(spec, supervise.Options{
 			RunnerPath: runnerPath,
 			Logger:     log,
 			OnEvent: func(ev supervise.Event) {
-				if e, ok := fromSuperviseEvent(ev); ok {
-					emit(e)
+				// The Manager sends done once the registry has the
+				// outcome.
+				if ev.Kind != supervise.EventDone {
+					emit(ev)
 				}
 			},
 		})
@@ -121,55 +123,12 @@ func (a *superviseAdapter) HeapProfile(ctx context.Context) ([]byte, error) {
 	return p, err
 }
 
-func (a *superviseAdapter) Snapshot() Snapshot {
+// Snapshot is the supervisor's status, with a rate-limit wait shown in
+// the progress.
+func (a *superviseAdapter) Snapshot() supervise.Status {
 	st := a.s.Status()
-	p := st.Progress
 	if !st.RateLimitedUntil.IsZero() {
-		p.RateLimitedUntil = st.RateLimitedUntil
+		st.Progress.RateLimitedUntil = st.RateLimitedUntil
 	}
-	return Snapshot{
-		State:    st.State,
-		Progress: p,
-		Memory:   fromSuperviseMemory(st.Memory),
-		PeakRSS:  st.PeakRSS,
-		Restarts: registry.Restarts{
-			Graceful: int64(st.Restarts.Graceful), Crash: int64(st.Restarts.Crash),
-			Hang: int64(st.Restarts.Hang), Kill: int64(st.Restarts.Kill),
-		},
-		GCRequests:   int64(st.GCRequests),
-		CacheEntries: st.CacheEntries,
-		CacheBytes:   st.CacheBytes,
-		Started:      st.Started,
-		LastError:    st.LastError,
-	}
-}
-
-func fromSuperviseMemory(m supervise.Memory) Memory {
-	return Memory{
-		RSS: m.RSS, Heap: m.Heap, Budget: m.Budget, Level: m.Level,
-		WarningBytes: m.WarningBytes, CriticalBytes: m.CriticalBytes,
-	}
-}
-
-// fromSuperviseEvent converts an event; the supervisor's own done event is
-// dropped, as the Manager sends done once the registry has the outcome.
-func fromSuperviseEvent(ev supervise.Event) (Event, bool) {
-	mem := fromSuperviseMemory(ev.Memory)
-	out := Event{Kind: EventKind(ev.Kind), Time: ev.Time, Reason: ev.Reason}
-	switch ev.Kind {
-	case supervise.EventProgress:
-		p := ev.Progress
-		out.Progress = &p
-	case supervise.EventMemory:
-		out.Memory = &mem
-	case supervise.EventLevel:
-		out.Memory, out.Level = &mem, ev.Level
-	case supervise.EventGC:
-		out.Memory = &mem
-	case supervise.EventRestart:
-		out.Memory, out.RestartKind = &mem, string(ev.RestartKind)
-	default:
-		return Event{}, false
-	}
-	return out, true
+	return st
 }

@@ -2,14 +2,12 @@ package service
 
 import (
 	"context"
-	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service/registry"
 	"github.com/memvisor/memvisor/pkg/supervise"
-	"github.com/memvisor/memvisor/plugin"
 )
 
 // Supervisor is what the service uses of one job's supervisor. A
@@ -23,7 +21,7 @@ type Supervisor interface {
 	// Cancel stops the job; Run then returns StatusCancelled.
 	Cancel(ctx context.Context) error
 	// Snapshot is cheap and served from memory.
-	Snapshot() Snapshot
+	Snapshot() supervise.Status
 	// HeapProfile is the runner's pprof heap profile.
 	HeapProfile(ctx context.Context) ([]byte, error)
 }
@@ -41,15 +39,16 @@ type Outcome struct {
 	Status registry.Status
 	// Reason says why, for a failure above all.
 	Reason string
-	// Final is the last snapshot of the run.
-	Final Snapshot
+	// Final is the supervisor's last status of the run.
+	Final supervise.Status
 }
 
 // Factory builds the Supervisor of one run of a job. log is the job's
 // logger and emit receives its events; emit must not block for long.
-type Factory func(spec job.Spec, log zerolog.Logger, emit func(Event)) (Supervisor, error)
+type Factory func(spec job.Spec, log zerolog.Logger, emit func(supervise.Event)) (Supervisor, error)
 
-// Level is a memory level, as DESIGN.md section 4 defines them: the
+// Level is a memory level, as docs/design.md, "The memory policy",
+// defines them: the
 // supervisor's own type.
 type Level = supervise.Level
 
@@ -61,60 +60,20 @@ const (
 	LevelKill     = supervise.LevelKill
 )
 
-// Memory is one memory reading of a runner against its budget.
-type Memory struct {
-	RSS    uint64 `json:"rss"`
-	Heap   uint64 `json:"heap"`
-	Budget uint64 `json:"budget"`
-	Level  Level  `json:"level"`
-	// WarningBytes and CriticalBytes are the level lines for the chart.
-	WarningBytes  uint64 `json:"warning"`
-	CriticalBytes uint64 `json:"critical"`
-}
-
-// Snapshot is a supervisor's view of its job.
-type Snapshot struct {
-	State    string
-	Progress plugin.Progress
-	Memory   Memory
-	PeakRSS  uint64
-	Restarts registry.Restarts
-	// GCRequests counts the GC requests the supervisor sent.
-	GCRequests   int64
-	CacheEntries int64
-	CacheBytes   int64
-	Started      time.Time
-	LastError    string
-}
-
-// EventKind names an event of a job's stream.
-type EventKind string
+// EventKind names an event of a job's stream: pkg/supervise's kinds, and
+// the service's own status.
+type EventKind = supervise.EventKind
 
 // The event kinds. Progress, memory, level, gc and restart come from the
-// supervisor; status and done come from the service.
+// supervisor; status and done come from the service (the supervisor's own
+// done event is dropped: the service sends done once the registry has the
+// outcome).
 const (
-	EventProgress EventKind = "progress"
-	EventMemory   EventKind = "memory"
-	EventLevel    EventKind = "level"
-	EventGC       EventKind = "gc"
-	EventRestart  EventKind = "restart"
-	EventStatus   EventKind = "status"
-	EventDone     EventKind = "done"
+	EventProgress = supervise.EventProgress
+	EventMemory   = supervise.EventMemory
+	EventLevel    = supervise.EventLevel
+	EventGC       = supervise.EventGC
+	EventRestart  = supervise.EventRestart
+	EventDone     = supervise.EventDone
+	EventStatus   = EventKind("status")
 )
-
-// Event is one message of a job's stream.
-type Event struct {
-	Kind EventKind
-	Time time.Time
-	// Progress is set on progress events.
-	Progress *plugin.Progress
-	// Memory is set on memory, level, gc and restart events.
-	Memory *Memory
-	// Level is the new level of a level event.
-	Level Level
-	// RestartKind is graceful, crash, hang or kill on a restart event.
-	RestartKind string
-	// Reason says why a level changed, GC was asked for, or the runner
-	// restarted.
-	Reason string
-}

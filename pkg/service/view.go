@@ -8,6 +8,7 @@ import (
 
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service/registry"
+	"github.com/memvisor/memvisor/pkg/supervise"
 	"github.com/memvisor/memvisor/plugin"
 )
 
@@ -110,7 +111,7 @@ func countsOf(p plugin.Progress) registry.Counts {
 
 // viewOf builds a job's view from its record and, while it runs, from its
 // supervisor's snapshot.
-func viewOf(sv specView, rec registry.Record, live *Snapshot) JobView {
+func viewOf(sv specView, rec registry.Record, live *supervise.Status) JobView {
 	v := JobView{
 		ID:          rec.ID,
 		Status:      rec.Status,
@@ -131,8 +132,8 @@ func viewOf(sv specView, rec registry.Record, live *Snapshot) JobView {
 	c := rec.Counts
 	if live != nil {
 		c = countsOf(live.Progress)
-		v.Restarts = live.Restarts
-		v.GCRequests = live.GCRequests
+		v.Restarts = addRestarts(registry.Restarts{}, live.Restarts)
+		v.GCRequests = int64(live.GCRequests)
 		m := live.Memory
 		v.Memory = MemoryView{
 			RSS: m.RSS, Heap: m.Heap, Budget: m.Budget, Level: m.Level,

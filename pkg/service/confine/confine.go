@@ -30,9 +30,12 @@ const (
 type Rules struct {
 	// AllowedRoots are absolute directories (allowed_roots).
 	AllowedRoots []string
-	// StateDir is the service's state directory; nothing in it but its
-	// data/ directory is open to a job.
+	// StateDir is the service's state directory; nothing in it but
+	// DataDir is open to a job.
 	StateDir string
+	// DataDir is the directory inside StateDir that jobs may use (the
+	// default allowed root), or empty.
+	DataDir string
 	// PodioAPIURLs are the API bases a job may name (podio_api_urls).
 	PodioAPIURLs []string
 	// Credentials are the environment variable names and credential
@@ -47,6 +50,7 @@ type Policy struct {
 	rules    Rules
 	roots    []root
 	stateDir string
+	dataDir  string
 	urls     []string
 }
 
@@ -71,10 +75,16 @@ func New(r Rules) (*Policy, error) {
 		}
 		p.roots = append(p.roots, root{given: filepath.Clean(d), real: real})
 	}
-	p.stateDir = filepath.Clean(r.StateDir)
-	if real, err := filepath.EvalSymlinks(r.StateDir); err == nil {
-		p.stateDir = real
+	resolve := func(d string) string {
+		if d == "" {
+			return ""
+		}
+		if real, err := filepath.EvalSymlinks(d); err == nil {
+			return real
+		}
+		return filepath.Clean(d)
 	}
+	p.stateDir, p.dataDir = resolve(r.StateDir), resolve(r.DataDir)
 	for _, u := range r.PodioAPIURLs {
 		n, err := normURL(u)
 		if err != nil {
@@ -242,7 +252,7 @@ func (p *Policy) forbidden(real string) error {
 			return fmt.Errorf("is under %s, which no job may use", d)
 		}
 	}
-	if p.stateDir != "" && within(p.stateDir) && !within(filepath.Join(p.stateDir, "data")) {
+	if p.stateDir != "" && within(p.stateDir) && (p.dataDir == "" || !within(p.dataDir)) {
 		return errors.New("is in the service's state directory, which no job may use")
 	}
 	return nil

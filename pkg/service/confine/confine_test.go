@@ -211,3 +211,34 @@ func TestCheckPodioAndInject(t *testing.T) {
 		t.Errorf("bounded injection with allow_inject: %v", err)
 	}
 }
+
+// TestDefaultRootInsideTheStateDir: the default root, <state_dir>/data, is
+// open to jobs, and the rest of the state directory is not, even when a
+// root holds it.
+func TestDefaultRootInsideTheStateDir(t *testing.T) {
+	state := t.TempDir()
+	data := filepath.Join(state, "data")
+	if err := os.MkdirAll(filepath.Join(state, "jobs"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(data, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(data, "s.jsonl")
+	if err := os.WriteFile(src, []byte("{}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, roots := range [][]string{{data}, {state}} {
+		p, err := confine.New(confine.Rules{AllowedRoots: roots, StateDir: state, DataDir: data, PodioAPIURLs: []string{job.DefaultPodioAPIURL}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Check(jsonlSpec(src, filepath.Join(data, "t.jsonl"))); err != nil {
+			t.Errorf("roots %v: a job in the data dir: %v", roots, err)
+		}
+		_, err = p.Check(jsonlSpec(src, filepath.Join(state, "jobs", "t.jsonl")))
+		if got := refused(t, err); !slices.Contains(got, "target.path") {
+			t.Errorf("roots %v: a target in jobs/: fields %q", roots, got)
+		}
+	}
+}

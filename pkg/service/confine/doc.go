@@ -16,7 +16,7 @@
 // checked against the resolved root, and the file is opened O_NOFOLLOW. The
 // last component is never a symlink. The resolved path must be a regular
 // file, outside /proc, /dev, /sys and the service's state directory (except
-// its data/ directory, the default root).
+// Rules.DataDir, the default root).
 //
 // A jsonl target that exists must start with the marker line
 // jsonl.TargetMarker, which only Plan.Commit writes, when it creates the

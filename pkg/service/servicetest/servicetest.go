@@ -19,6 +19,7 @@ import (
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service"
 	"github.com/memvisor/memvisor/pkg/service/registry"
+	"github.com/memvisor/memvisor/pkg/supervise"
 	"github.com/memvisor/memvisor/plugin"
 )
 
@@ -42,7 +43,7 @@ type Options struct {
 
 // Factory returns a service.Factory that builds simulated supervisors.
 func Factory(opt Options) service.Factory {
-	return func(spec job.Spec, _ zerolog.Logger, emit func(service.Event)) (service.Supervisor, error) {
+	return func(spec job.Spec, _ zerolog.Logger, emit func(supervise.Event)) (service.Supervisor, error) {
 		if opt.Tick <= 0 {
 			opt.Tick = 10 * time.Millisecond
 		}
@@ -60,11 +61,11 @@ func Factory(opt Options) service.Factory {
 type Sim struct {
 	spec job.Spec
 	opt  Options
-	emit func(service.Event)
+	emit func(supervise.Event)
 	ctl  chan service.EventKind // pause or cancel requests
 
 	mu   sync.Mutex
-	snap service.Snapshot
+	snap supervise.Status
 }
 
 var _ service.Supervisor = (*Sim)(nil)
@@ -147,7 +148,7 @@ func (s *Sim) Run(ctx context.Context, mode service.StartMode) (service.Outcome,
 		if cp.Failed > 0 {
 			p.ErrorsByCategory = map[string]int64{"validation": cp.Failed}
 		}
-		mem := service.Memory{
+		mem := supervise.Memory{
 			RSS: rss, Heap: rss * 6 / 10, Budget: budget, Level: level,
 			WarningBytes:  uint64(float64(budget) * s.spec.Memory.WarningPercent / 100),
 			CriticalBytes: uint64(float64(budget) * s.spec.Memory.CriticalPercent / 100),
@@ -157,7 +158,7 @@ func (s *Sim) Run(ctx context.Context, mode service.StartMode) (service.Outcome,
 		s.snap.Progress = p
 		s.snap.Memory = mem
 		s.snap.PeakRSS = max(s.snap.PeakRSS, rss)
-		s.snap.GCRequests = gcs
+		s.snap.GCRequests = int(gcs)
 		s.snap.CacheEntries = cp.Created
 		s.snap.CacheBytes = cp.Created * 40
 		s.snap.Started = started
@@ -187,14 +188,14 @@ func (s *Sim) Run(ctx context.Context, mode service.StartMode) (service.Outcome,
 		if newLevel != level {
 			level = newLevel
 			mem.Level = level
-			s.emit(service.Event{Kind: service.EventLevel, Time: now, Level: level, Memory: &mem, Reason: "rss crossed a level line"})
+			s.emit(supervise.Event{Kind: service.EventLevel, Time: now, Level: level, Memory: mem, Reason: "rss crossed a level line"})
 		}
 		if level == service.LevelCritical {
 			gcs++
-			s.emit(service.Event{Kind: service.EventGC, Time: now, Memory: &mem, Reason: "rss above critical"})
+			s.emit(supervise.Event{Kind: service.EventGC, Time: now, Memory: mem, Reason: "rss above critical"})
 		}
-		s.emit(service.Event{Kind: service.EventMemory, Time: now, Memory: &mem})
-		s.emit(service.Event{Kind: service.EventProgress, Time: now, Progress: &p})
+		s.emit(supervise.Event{Kind: service.EventMemory, Time: now, Memory: mem})
+		s.emit(supervise.Event{Kind: service.EventProgress, Time: now, Progress: p})
 
 		select {
 		case <-ctx.Done():
@@ -222,7 +223,7 @@ func (s *Sim) Run(ctx context.Context, mode service.StartMode) (service.Outcome,
 		}
 	}
 	p := update(0)
-	s.emit(service.Event{Kind: service.EventProgress, Time: time.Now(), Progress: &p})
+	s.emit(supervise.Event{Kind: service.EventProgress, Time: time.Now(), Progress: p})
 	return s.outcome(registry.StatusCompleted, "", update), nil
 }
 
@@ -298,7 +299,7 @@ func (s *Sim) request(ctx context.Context, k service.EventKind) error {
 }
 
 // Snapshot returns the run's figures.
-func (s *Sim) Snapshot() service.Snapshot {
+func (s *Sim) Snapshot() supervise.Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.snap
