@@ -237,7 +237,10 @@ func (t *Target) Create(ctx context.Context, externalID string, f connector.Fiel
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
 		}
-		id, found, lerr := t.lookupSure(ctx, externalID)
+		// The create may have been made: the lookup must finish, hold or
+		// not, or the item would be written again.
+		lctx := connector.WithHold(ctx, nil)
+		id, found, lerr := t.lookupSure(lctx, externalID)
 		if lerr != nil {
 			return 0, &connector.ItemError{Category: connector.CategoryNetwork, Retryable: true,
 				Err: fmt.Errorf("create podio item for source item %s: %w: %v; then %v", externalID, ErrOutcomeUnknown, ue.err, lerr)}
