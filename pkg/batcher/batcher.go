@@ -104,6 +104,10 @@ type Batcher struct {
 	stop   Status // "" while running; drained or cancelled once asked
 	// stopping is set with stop; writers read it before every write.
 	stopping atomic.Bool
+	// hold is closed with the first stop: writes still waiting to be
+	// sent (behind a rate limit) give up with connector.ErrNotSent.
+	hold     chan struct{}
+	holdOnce sync.Once
 
 	mu       sync.Mutex // guards the fields below and the caches
 	prog     Progress
@@ -129,7 +133,7 @@ func New(o Options) (*Batcher, error) {
 	if o.Dir == "" {
 		return nil, errors.New("new batcher: state directory is required")
 	}
-	b := &Batcher{o: o, log: o.Logger, now: o.Now}
+	b := &Batcher{o: o, log: o.Logger, now: o.Now, hold: make(chan struct{})}
 	if b.now == nil {
 		b.now = time.Now
 	}
@@ -159,6 +163,7 @@ func (b *Batcher) setStop(s Status) {
 		b.stop = s
 	}
 	b.stopping.Store(true)
+	b.holdOnce.Do(func() { close(b.hold) })
 }
 
 func (b *Batcher) stopRequested() Status {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
@@ -675,4 +676,72 @@ func TestKillAfterPartialDrainIsExactlyOnce(t *testing.T) {
 		t.Fatalf("final run: %+v %v", res, err)
 	}
 	checkExactlyOnce(t, f, res, 120, 50, 0)
+}
+
+// queuedTarget lets the first n writes through; every later write waits,
+// as behind a spent rate limit, until a drain's hold makes it give up
+// unsent. The write that fills the last free slot asks for the drain.
+type queuedTarget struct {
+	connector.Target
+	n, slots int64
+	calls    atomic.Int64
+	waiting  atomic.Int64
+	drain    func()
+	stuck    atomic.Int64 // writes that waited out the test's bound: the hold never came
+	passed   atomic.Int64
+}
+
+func (q *queuedTarget) Create(ctx context.Context, ext string, f connector.Fields) (int64, error) {
+	if q.calls.Add(1) > q.n {
+		if q.waiting.Add(1) == q.slots {
+			q.drain()
+		}
+		select {
+		case <-connector.Hold(ctx):
+			return 0, fmt.Errorf("create %s: %w", ext, connector.ErrNotSent)
+		case <-time.After(5 * time.Second):
+			q.stuck.Add(1)
+		}
+	}
+	q.passed.Add(1)
+	return q.Target.Create(ctx, ext, f)
+}
+
+func TestDrainDoesNotWaitForWritesQueuedBehindARateLimit(t *testing.T) {
+	var src strings.Builder
+	for i := 1; i <= 60; i++ {
+		src.WriteString(line(i, fmt.Sprintf("u%d@x.io", i), ""))
+	}
+	f := newFixture(t, src.String())
+	f.spec.BatchSize = 60
+	f.spec.Concurrency = 5
+	var b *batcher.Batcher
+	q := &queuedTarget{n: 10, slots: 5}
+	b, done := f.open(func(o *batcher.Options) {
+		q.Target, q.drain = o.Target, func() { b.Drain() }
+		o.Target = q
+	})
+	res, err := b.Run(t.Context())
+	done()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := q.stuck.Load(); n > 0 {
+		t.Fatalf("%d writes waited for their rate limit although the drain held them", n)
+	}
+	p := res.Checkpoint.Partial
+	if res.Status != batcher.StatusDrained || p == nil || int64(p.Count()) != q.passed.Load() {
+		t.Fatalf("drain: %+v (partial %+v), want the %d writes made recorded as done", res, p, q.passed.Load())
+	}
+	if c := res.Checkpoint.Counters; c.Failed != 0 || c.Processed != q.passed.Load() {
+		t.Errorf("counters %+v: the held writes must be neither done nor failed", c)
+	}
+	res, err = f.run(t.Context(), nil)
+	if err != nil || res.Status != batcher.StatusCompleted {
+		t.Fatalf("resume: %+v %v", res, err)
+	}
+	checkExactlyOnce(t, f, res, 60, 60, 0)
+	if len(f.failures()) != 0 {
+		t.Errorf("failed.jsonl has %d entries, want none", len(f.failures()))
+	}
 }

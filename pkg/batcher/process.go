@@ -253,11 +253,21 @@ func (b *Batcher) lookupLocked(ctx context.Context, key string) (int64, bool) {
 // execute performs the planned writes with bounded concurrency and waits
 // for all of them. When stoppable and a stop is asked for, it issues no
 // further write, marks the writes it did not issue held, waits for the
-// ones in flight, and reports held.
+// ones in flight, and reports held. A write in flight that is still
+// waiting to be sent (behind a rate limit) gives up and is held too.
 func (b *Batcher) execute(ctx context.Context, tasks []task, stoppable bool) (held bool, err error) {
 	if b.dry != nil {
 		b.executeDry(ctx, tasks)
 		return false, nil
+	}
+	wctx := ctx
+	if stoppable {
+		wctx = connector.WithHold(ctx, b.hold)
+		defer func() {
+			for i := range tasks {
+				held = held || tasks[i].held
+			}
+		}()
 	}
 	stop := func(i int) bool {
 		if !stoppable || !b.stopping.Load() {
@@ -279,7 +289,7 @@ func (b *Batcher) execute(ctx context.Context, tasks []task, stoppable bool) (he
 				if stop(i) {
 					break
 				}
-				b.write(ctx, t)
+				b.write(wctx, t)
 			}
 		}
 		return held, ctx.Err()
@@ -307,7 +317,7 @@ func (b *Batcher) execute(ctx context.Context, tasks []task, stoppable bool) (he
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			b.write(ctx, t)
+			b.write(wctx, t)
 		}()
 	}
 	wg.Wait()
@@ -360,6 +370,11 @@ func (b *Batcher) write(ctx context.Context, t *task) {
 
 func (b *Batcher) writeFailed(ctx context.Context, t *task, err error) {
 	if ctx.Err() != nil {
+		return
+	}
+	if errors.Is(err, connector.ErrNotSent) {
+		// A drain held it before it was sent: not done, not failed.
+		t.held = true
 		return
 	}
 	cat, retry := connector.Classify(err)

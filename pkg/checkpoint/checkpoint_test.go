@@ -104,6 +104,12 @@ func FuzzDecode(f *testing.F) {
 	f.Add(good[:len(good)/2])
 	f.Add([]byte("{}"))
 	f.Add([]byte(""))
+	withPartial := sample()
+	withPartial.Partial = checkpoint.NewPartial(500)
+	withPartial.Partial.Set(3)
+	checkpoint.Save(dir, withPartial)
+	v2, _ := os.ReadFile(checkpoint.Path(dir))
+	f.Add(v2)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cp, err := checkpoint.Decode("checkpoint.json", data)
 		if err != nil {
@@ -115,6 +121,12 @@ func FuzzDecode(f *testing.F) {
 		}
 		if cp.Seq < 0 || cp.Source.Index < 0 {
 			t.Fatalf("accepted a negative position: %+v", cp)
+		}
+		if p := cp.Partial; p != nil && (p.Len < 1 || len(p.Done) != (p.Len+7)/8) {
+			t.Fatalf("accepted a bad partial batch: %+v", p)
+		}
+		for i := -1; cp.Partial != nil && i <= cp.Partial.Len; i++ {
+			cp.Partial.IsDone(i) // must not panic
 		}
 	})
 }

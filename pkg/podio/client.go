@@ -183,6 +183,13 @@ func (c *Client) do(ctx context.Context, r request, out any) (int, error) {
 	bo := c.newBackoff()
 	attempts, renewals := 0, 0
 	var waited time.Duration
+	// A write under a hold (a drain) gives up while it waits, but only
+	// as long as nothing of it may have taken effect: before its first
+	// answer, after a 420 or an expired token, or after a request that
+	// was never sent. Once a send failed in a way that may have reached
+	// the API (a 5xx, a lost answer), it goes on as usual.
+	hold := connector.Hold(ctx)
+	holdNow := func() <-chan struct{} { return hold }
 	for {
 		if err := ctx.Err(); err != nil {
 			return 0, err
@@ -191,7 +198,7 @@ func (c *Client) do(ctx context.Context, r request, out any) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		t, err := c.gate.wait(ctx, r.limited)
+		t, err := c.gate.wait(ctx, r.limited, holdNow())
 		if err != nil {
 			return 0, err
 		}
@@ -202,6 +209,9 @@ func (c *Client) do(ctx context.Context, r request, out any) (int, error) {
 				return 0, ctx.Err()
 			}
 			attempts++
+			if !notSent(err) {
+				hold = nil
+			}
 			if r.once && !notSent(err) {
 				return 0, &uncertainError{err: networkError(fmt.Errorf("%s %s: %w", r.method, r.path, err))}
 			}
@@ -209,7 +219,7 @@ func (c *Client) do(ctx context.Context, r request, out any) (int, error) {
 				return 0, networkError(fmt.Errorf("%s %s after %d attempts: %w", r.method, r.path, attempts, err))
 			}
 			c.log.Debug().Err(err).Str("path", r.path).Int("attempt", attempts).Msg("podio request failed; retrying")
-			if err := sleep(ctx, bo.NextBackOff()); err != nil {
+			if err := sleepHold(ctx, holdNow(), bo.NextBackOff()); err != nil {
 				return 0, err
 			}
 			continue
@@ -247,11 +257,12 @@ func (c *Client) do(ctx context.Context, r request, out any) (int, error) {
 				return status, fmt.Errorf("%s %s: rate limited for more than %s: %w", r.method, r.path, c.maxRLWait, Classify(ae))
 			}
 			c.log.Info().Str("path", r.path).Dur("wait", wait).Msg("podio rate limit hit; waiting")
-			if err := sleep(ctx, wait); err != nil {
+			if err := sleepHold(ctx, holdNow(), wait); err != nil {
 				return status, err
 			}
 		case status >= 500:
 			attempts++
+			hold = nil
 			if r.once {
 				return status, &uncertainError{err: Classify(ae)}
 			}
@@ -315,7 +326,7 @@ func (c *Client) stream(ctx context.Context, method, path, contentType string, b
 	if err != nil {
 		return nil, err
 	}
-	t, err := c.gate.wait(ctx, limited)
+	t, err := c.gate.wait(ctx, limited, connector.Hold(ctx))
 	if err != nil {
 		return nil, err
 	}

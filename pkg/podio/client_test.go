@@ -273,3 +273,24 @@ func TestRefreshTokenExpiryAndRevocation(t *testing.T) {
 		t.Fatalf("refresh_token flow after revocation: %v (category %s), want a permission error", err, cat)
 	}
 }
+
+// A call waiting out a 420 gives up unsent when its hold closes: a drain
+// does not wait for a rate limit.
+func TestHoldEndsAWaitForARateLimit(t *testing.T) {
+	s, _ := newEmu(t, podioemu.Config{}, 1)
+	c := newClient(t, s, appCreds(srcApp, srcToken), nil)
+	if _, err := c.Count(t.Context(), srcApp); err != nil {
+		t.Fatal(err)
+	}
+	s.SetFaults(podioemu.Faults{RateLimitBurstEvery: 2, RateLimitBurstLength: 1, RateLimitBurstWait: 60})
+	hold := make(chan struct{})
+	time.AfterFunc(100*time.Millisecond, func() { close(hold) })
+	_, err := c.Count(connector.WithHold(t.Context(), hold), srcApp)
+	if !errors.Is(err, connector.ErrNotSent) {
+		t.Fatalf("got %v, want ErrNotSent once the hold closed", err)
+	}
+	// The gate is still blocked for everyone else; the hold did not lift it.
+	if c.Gate().Hits() != 1 {
+		t.Fatalf("hits %d, want 1", c.Gate().Hits())
+	}
+}

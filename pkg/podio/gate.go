@@ -2,6 +2,8 @@ package podio
 
 import (
 	"context"
+
+	"github.com/memvisor/memvisor/pkg/connector"
 	"net/http"
 	"strconv"
 	"sync"
@@ -79,10 +81,11 @@ type ticket struct {
 }
 
 // Wait blocks until a call of the general tier may go, or ctx is done.
-func (g *Gate) Wait(ctx context.Context) (*ticket, error) { return g.wait(ctx, false) }
+func (g *Gate) Wait(ctx context.Context) (*ticket, error) { return g.wait(ctx, false, nil) }
 
-// wait blocks until a call may go; a limited call draws on both tiers.
-func (g *Gate) wait(ctx context.Context, limited bool) (*ticket, error) {
+// wait blocks until a call may go; a limited call draws on both tiers. It
+// also gives up, with connector.ErrNotSent, when hold closes.
+func (g *Gate) wait(ctx context.Context, limited bool, hold <-chan struct{}) (*ticket, error) {
 	for {
 		g.mu.Lock()
 		now := g.now()
@@ -102,7 +105,7 @@ func (g *Gate) wait(ctx context.Context, limited bool) (*ticket, error) {
 		}
 		g.mu.Unlock()
 		d := min(until.Sub(now), 250*time.Millisecond)
-		if err := sleep(ctx, d); err != nil {
+		if err := sleepHold(ctx, hold, d); err != nil {
 			return nil, err
 		}
 	}
@@ -237,7 +240,16 @@ func maxTime(a, b time.Time) time.Time {
 	return b
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
+func sleep(ctx context.Context, d time.Duration) error { return sleepHold(ctx, nil, d) }
+
+// sleepHold is sleep that also gives up, with connector.ErrNotSent, when
+// hold closes.
+func sleepHold(ctx context.Context, hold <-chan struct{}, d time.Duration) error {
+	select {
+	case <-hold:
+		return connector.ErrNotSent
+	default:
+	}
 	if d <= 0 {
 		return ctx.Err()
 	}
@@ -246,6 +258,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-hold:
+		return connector.ErrNotSent
 	case <-t.C:
 		return nil
 	}

@@ -366,7 +366,10 @@ func (t *Target) createSure(ctx context.Context, externalID string, w ItemWrite)
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
 		}
-		id, found, lerr := t.lookupSure(ctx, w.ExternalID)
+		// The create may have been made: the lookup must finish, hold or
+		// not, or the item would be written again.
+		lctx := connector.WithHold(ctx, nil)
+		id, found, lerr := t.lookupSure(lctx, w.ExternalID)
 		if lerr != nil {
 			return 0, &connector.ItemError{Category: connector.CategoryNetwork, Retryable: true,
 				Err: fmt.Errorf("create podio item for source item %s: %w: %v; then %v", externalID, ErrOutcomeUnknown, ue.err, lerr)}

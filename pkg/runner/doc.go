@@ -16,8 +16,10 @@
 // every commit and every 10 ms its goroutine reads /proc/self/statm. Above
 // the GC line it collects once (and again only once usage has fallen below
 // the line, or climbed by half the gap to the drain line); above the drain
-// line it drains the job the way the Drain RPC does, and the job ends
-// drained with the reason "memory guard". GuardFor derives both lines from
+// line it drains the job the way the Drain RPC does (after one collection
+// only if none was tried since usage was below the GC line, so a spike
+// that a collection frees costs no restart), and the job ends drained
+// with the reason "memory guard". GuardFor derives both lines from
 // a budget and the job's memory policy, for the supervisor and for
 // `runner run` alike.
 //

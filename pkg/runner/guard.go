@@ -152,20 +152,28 @@ func (g *guard) check() {
 		g.armed = true
 		return
 	}
-	// Rearm when usage has climbed by half the gap between the lines
-	// since the last collection: there is new memory that a collection
-	// may free.
+	if drainLine > 0 && u >= drainLine {
+		// Collect first only if no collection has been tried since usage
+		// was last below the GC line: a spike that jumps both lines at
+		// once is not worth a restart, but a climb that a collection
+		// already failed to stop has no time to lose.
+		if g.armed {
+			u = g.collect(u)
+		}
+		if u >= drainLine && !g.tripped.Swap(true) {
+			g.drain(u, drainLine)
+		}
+		return
+	}
+	// Between the lines: rearm when usage has climbed by half the gap
+	// since the last collection, as there is new memory that a
+	// collection may free.
 	step := gcLine / 20
 	if drainLine > gcLine {
 		step = (drainLine - gcLine) / 2
 	}
 	if g.armed || (g.lastGC > 0 && u >= g.lastGC+step) {
-		// Collect before judging the drain line too: a spike that a
-		// collection frees is not worth a restart.
-		u = g.collect(u)
-	}
-	if drainLine > 0 && u >= drainLine && !g.tripped.Swap(true) {
-		g.drain(u, drainLine)
+		g.collect(u)
 	}
 }
 
