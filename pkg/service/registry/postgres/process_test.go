@@ -93,7 +93,7 @@ type helper struct {
 	target string
 }
 
-func startHelper(t *testing.T, dsn string, ttl time.Duration) *helper {
+func startHelper(t testing.TB, dsn string, ttl time.Duration) *helper {
 	t.Helper()
 	h := &helper{lines: make(chan string, 100), done: make(chan error, 1), target: t.TempDir() + "/target.txt"}
 	h.cmd = exec.Command(os.Args[0], "-test.run=^$")
@@ -125,7 +125,7 @@ func startHelper(t *testing.T, dsn string, ttl time.Duration) *helper {
 	return h
 }
 
-func (h *helper) expect(t *testing.T, prefix string, d time.Duration) string {
+func (h *helper) expect(t testing.TB, prefix string, d time.Duration) string {
 	t.Helper()
 	timeout := time.After(d)
 	for {
@@ -146,7 +146,7 @@ func (h *helper) expect(t *testing.T, prefix string, d time.Duration) string {
 	}
 }
 
-func (h *helper) signal(t *testing.T, sig syscall.Signal) {
+func (h *helper) signal(t testing.TB, sig syscall.Signal) {
 	t.Helper()
 	if err := syscall.Kill(-h.cmd.Process.Pid, sig); err != nil {
 		t.Fatal(err)
@@ -154,7 +154,7 @@ func (h *helper) signal(t *testing.T, sig syscall.Signal) {
 }
 
 // targetLines waits until the helper wrote at least n lines.
-func (h *helper) waitLines(t *testing.T, n int) {
+func (h *helper) waitLines(t testing.TB, n int) {
 	t.Helper()
 	for range 400 {
 		data, _ := os.ReadFile(h.target)
