@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
@@ -92,4 +93,15 @@ func all(t testing.TB, s *postgres.Store, statuses ...registry.Status) ([]regist
 		}
 		opt.Cursor = p.NextCursor
 	}
+}
+
+// pgxQueryRow runs one query on a connection of its own.
+func pgxQueryRow(t testing.TB, dsn, sql string, dst ...any) error {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(t.Context())
+	return conn.QueryRow(t.Context(), sql).Scan(dst...)
 }
