@@ -76,6 +76,13 @@
 // at once across the fleet; with N shares, N run and each must hold its
 // rate to 1/N of the quota.
 //
+// # Failure log
+//
+// A job's failed items are rows of failed_items, appended under the job's
+// lease with the same epoch check as checkpoints. A checkpoint records the
+// log's length at its commit, so a new owner drops the failures recorded
+// after it: their items are processed again.
+//
 // # Notices
 //
 // Notify and Listen carry small messages between nodes over one
@@ -97,6 +104,9 @@
 //     leases, hand Claim.Fence to the runner's writer to call before each
 //     target write, save checkpoints with SaveCheckpoint and resume from
 //     LoadCheckpoint, and Release the claim once the runner has stopped;
+//   - record failures with AppendFailed (fenced like checkpoints), cut the
+//     log back with TruncateFailed(Stored.Failed) before a resume, and page
+//     it with FailedItems for the API and retry-failed;
 //   - stop the runner at once when a lease's Lost channel closes;
 //   - show Owner as a job's node, and relay pause, cancel and events with
 //     Notify and Listen.
