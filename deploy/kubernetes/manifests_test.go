@@ -151,7 +151,7 @@ func TestManifests(t *testing.T) {
 	// the pod will have it.
 	tmp := t.TempDir()
 	localToken := filepath.Join(tmp, "token")
-	if err := os.WriteFile(localToken, []byte("t0ken\n"), 0o600); err != nil {
+	if err := os.WriteFile(localToken, []byte("a-token-of-32-bytes-for-the-test\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	doc := cm.Data["config.yaml"]

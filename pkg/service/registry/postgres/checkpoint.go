@@ -29,13 +29,14 @@ func (s *Store) SaveCheckpoint(ctx context.Context, l *Lease, cp checkpoint.Chec
 		return fmt.Errorf("encode checkpoint of job %s: %w", cp.JobID, err)
 	}
 	tag, err := s.pool.Exec(ctx, `
-		INSERT INTO checkpoints (job_id, epoch, seq, body, written_at)
-		SELECT $1, $2, $3, $4, now() FROM (
+		INSERT INTO checkpoints (job_id, epoch, seq, body, written_at, failed)
+		SELECT $1, $2, $3, $4, now(), (SELECT count(*) FROM failed_items WHERE job_id = $1) FROM (
 			SELECT 1 FROM leases
 			WHERE name = $5 AND epoch = $2 AND node = $6 AND expires_at > now()
 			FOR SHARE) AS live
 		ON CONFLICT (job_id) DO UPDATE
-			SET epoch = excluded.epoch, seq = excluded.seq, body = excluded.body, written_at = excluded.written_at
+			SET epoch = excluded.epoch, seq = excluded.seq, body = excluded.body,
+			    written_at = excluded.written_at, failed = excluded.failed
 			WHERE checkpoints.epoch <= excluded.epoch`,
 		cp.JobID, l.epoch, cp.Seq, string(body), l.name, s.node)
 	if err != nil {
@@ -48,23 +49,115 @@ func (s *Store) SaveCheckpoint(ctx context.Context, l *Lease, cp checkpoint.Chec
 	return nil
 }
 
-// LoadCheckpoint returns job id's last checkpoint and the epoch that wrote
-// it, or checkpoint.ErrNotExist.
-func (s *Store) LoadCheckpoint(ctx context.Context, id string) (checkpoint.Checkpoint, int64, error) {
+// Stored is a checkpoint as the database holds it.
+type Stored struct {
+	checkpoint.Checkpoint
+	// Epoch is the lease epoch that wrote it.
+	Epoch int64
+	// Failed is the length of the job's failure log at the commit.
+	Failed int64
+}
+
+// LoadCheckpoint returns job id's last checkpoint, or checkpoint.ErrNotExist.
+func (s *Store) LoadCheckpoint(ctx context.Context, id string) (Stored, error) {
 	var (
-		cp    checkpoint.Checkpoint
-		epoch int64
-		body  []byte
+		st   Stored
+		body []byte
 	)
-	err := s.pool.QueryRow(ctx, `SELECT epoch, body FROM checkpoints WHERE job_id = $1`, id).Scan(&epoch, &body)
+	err := s.pool.QueryRow(ctx, `SELECT epoch, failed, body FROM checkpoints WHERE job_id = $1`, id).Scan(&st.Epoch, &st.Failed, &body)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return cp, 0, fmt.Errorf("load checkpoint of job %s: %w", id, checkpoint.ErrNotExist)
+		return st, fmt.Errorf("load checkpoint of job %s: %w", id, checkpoint.ErrNotExist)
 	}
 	if err != nil {
-		return cp, 0, fmt.Errorf("load checkpoint of job %s: %w", id, err)
+		return st, fmt.Errorf("load checkpoint of job %s: %w", id, err)
 	}
-	if err := json.Unmarshal(body, &cp); err != nil {
-		return cp, 0, fmt.Errorf("load checkpoint of job %s: %w", id, &checkpoint.CorruptError{Path: "postgres:checkpoints/" + id, Reason: err.Error()})
+	if err := json.Unmarshal(body, &st.Checkpoint); err != nil {
+		return st, fmt.Errorf("load checkpoint of job %s: %w", id, &checkpoint.CorruptError{Path: "postgres:checkpoints/" + id, Reason: err.Error()})
 	}
-	return cp, epoch, nil
+	return st, nil
+}
+
+// liveLease is the condition, on a row of leases locked FOR SHARE, that
+// the writer holding epoch $2 of lease $1 on node $3 still owns it.
+const liveLease = `SELECT 1 FROM leases WHERE name = $1 AND epoch = $2 AND node = $3 AND expires_at > now() FOR SHARE`
+
+// fenced runs fn in a transaction that first checks, and share-locks, the
+// writer's lease: fn runs only while l is still the lease's current epoch.
+func (s *Store) fenced(ctx context.Context, l *Lease, fn func(pgx.Tx) error) error {
+	if err := l.Fence(); err != nil {
+		return err
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var one int
+		err := tx.QueryRow(ctx, liveLease, l.name, l.epoch, s.node).Scan(&one)
+		if errors.Is(err, pgx.ErrNoRows) {
+			l.markLost()
+			return fmt.Errorf("%s epoch %d: %w", l.name, l.epoch, ErrLeaseLost)
+		}
+		if err != nil {
+			return err
+		}
+		return fn(tx)
+	})
+}
+
+// AppendFailed adds records to the failure log of the job that l leases,
+// and returns the log's new length. It writes only while l is current.
+func (s *Store) AppendFailed(ctx context.Context, l *Lease, records []json.RawMessage) (int64, error) {
+	var n int64
+	err := s.fenced(ctx, l, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT coalesce(max(n), 0) FROM failed_items WHERE job_id = $1`, l.holder).Scan(&n); err != nil {
+			return err
+		}
+		rows := make([][]any, len(records))
+		for i, r := range records {
+			n++
+			rows[i] = []any{l.holder, n, l.epoch, string(r)}
+		}
+		_, err := tx.CopyFrom(ctx, pgx.Identifier{"failed_items"}, []string{"job_id", "n", "epoch", "record"}, pgx.CopyFromRows(rows))
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("record failures of job %s: %w", l.holder, err)
+	}
+	return n, nil
+}
+
+// TruncateFailed cuts the failure log of the job that l leases to its
+// first n records. A new owner calls it with the checkpoint's Failed before
+// it resumes: the failures recorded after that checkpoint are of items it
+// will process again.
+func (s *Store) TruncateFailed(ctx context.Context, l *Lease, n int64) error {
+	err := s.fenced(ctx, l, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `DELETE FROM failed_items WHERE job_id = $1 AND n > $2`, l.holder, n)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("truncate failures of job %s: %w", l.holder, err)
+	}
+	return nil
+}
+
+// FailedItems returns up to limit records of job id's failure log after
+// position after, and the position of the last one returned.
+func (s *Store) FailedItems(ctx context.Context, id string, after int64, limit int) ([]json.RawMessage, int64, error) {
+	limit = min(max(limit, 1), 1000)
+	rows, err := s.pool.Query(ctx, `SELECT n, record FROM failed_items WHERE job_id = $1 AND n > $2 ORDER BY n LIMIT $3`, id, after, limit)
+	if err != nil {
+		return nil, after, fmt.Errorf("read failures of job %s: %w", id, err)
+	}
+	defer rows.Close()
+	var out []json.RawMessage
+	last := after
+	for rows.Next() {
+		var rec []byte
+		if err := rows.Scan(&last, &rec); err != nil {
+			return nil, after, fmt.Errorf("read failures of job %s: %w", id, err)
+		}
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, after, fmt.Errorf("read failures of job %s: %w", id, err)
+	}
+	return out, last, nil
 }

@@ -14,8 +14,9 @@
 //
 // # Registry
 //
-// Store has the method set of the bbolt registry (Create, Get, Update,
-// Reactivate, Delete, List, All, Count), with a context. Each record is a
+// Store implements pkg/service's Registry contract (Create with a queue
+// bound, Get, Update, Delete, List, Count, Close), as the bbolt registry
+// does. Each record is a
 // JSON column beside the few columns SQL needs (status, pair, seq). A
 // partial unique index allows one active job per source and target pair,
 // and the primary key one job per id, so two nodes that receive the same
@@ -74,4 +75,43 @@
 // the default of one share, two jobs with the same credentials never run
 // at once across the fleet; with N shares, N run and each must hold its
 // rate to 1/N of the quota.
+//
+// # Failure log
+//
+// A job's failed items are rows of failed_items, appended under the job's
+// lease with the same epoch check as checkpoints. A checkpoint records the
+// log's length at its commit, so a new owner drops the failures recorded
+// after it: their items are processed again.
+//
+// # Notices
+//
+// Notify and Listen carry small messages between nodes over one
+// LISTEN/NOTIFY channel: a pause or cancel for the node that owns a job,
+// or a job's events for SSE clients connected to another node. A Listener
+// holds a connection of its own and reconnects with backoff; since
+// notices sent while it was away are lost, it then delivers a resync
+// notice, and its reader re-reads the tables.
+//
+// # Use in serve (not wired yet)
+//
+// With postgres_url set, serve would:
+//
+//   - parse Fleet (embedded in its Config, so the keys sit at the top
+//     level), call ApplyEnv and Validate;
+//   - Open(ctx, url, fleet.Options() plus QuotaKey) in place of the bbolt
+//     registry (migrations run there);
+//   - loop on Claim while it has a free runner slot, Keep the claim's
+//     leases, hand Claim.Fence to the runner's writer to call before each
+//     target write, save checkpoints with SaveCheckpoint and resume from
+//     LoadCheckpoint, and Release the claim once the runner has stopped;
+//   - record failures with AppendFailed (fenced like checkpoints), cut the
+//     log back with TruncateFailed(Stored.Failed) before a resume, and page
+//     it with FailedItems for the API and retry-failed;
+//   - stop the runner at once when a lease's Lost channel closes;
+//   - show Owner as a job's node, and relay pause, cancel and events with
+//     Notify and Listen.
+//
+// ErrQueueFull stands in for registry.ErrQueueFull, which the registry
+// package of this tree does not declare; where it does, ErrQueueFull is
+// to be defined as that error.
 package postgres

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
@@ -32,7 +33,7 @@ func TestMain(m *testing.M) {
 
 // node opens a Store on dsn through a pool of its own, as a separate serve
 // process would.
-func node(t *testing.T, dsn, name string, opt postgres.Options) *postgres.Store {
+func node(t testing.TB, dsn, name string, opt postgres.Options) *postgres.Store {
 	t.Helper()
 	pool, err := pgxpool.New(t.Context(), dsn)
 	if err != nil {
@@ -47,7 +48,7 @@ func node(t *testing.T, dsn, name string, opt postgres.Options) *postgres.Store 
 	return s
 }
 
-func create(t *testing.T, s *postgres.Store, id, pair string, st registry.Status) {
+func create(t testing.TB, s *postgres.Store, id, pair string, st registry.Status) {
 	t.Helper()
 	rec := registry.Record{ID: id, Pair: pair, Status: st, Spec: []byte(`{"id":"` + id + `"}`)}
 	if err := s.Create(t.Context(), &rec, 0); err != nil {
@@ -56,7 +57,7 @@ func create(t *testing.T, s *postgres.Store, id, pair string, st registry.Status
 }
 
 // claimWithin polls s.Claim until it returns a job, for at most d.
-func claimWithin(t *testing.T, s *postgres.Store, d time.Duration) *postgres.Claim {
+func claimWithin(t testing.TB, s *postgres.Store, d time.Duration) *postgres.Claim {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), d)
 	defer cancel()
@@ -77,7 +78,7 @@ func claimWithin(t *testing.T, s *postgres.Store, d time.Duration) *postgres.Cla
 }
 
 // all returns every job in the given states, a page at a time.
-func all(t *testing.T, s *postgres.Store, statuses ...registry.Status) ([]registry.Record, error) {
+func all(t testing.TB, s *postgres.Store, statuses ...registry.Status) ([]registry.Record, error) {
 	t.Helper()
 	var out []registry.Record
 	opt := registry.ListOptions{Statuses: statuses, Limit: 1000}
@@ -92,4 +93,15 @@ func all(t *testing.T, s *postgres.Store, statuses ...registry.Status) ([]regist
 		}
 		opt.Cursor = p.NextCursor
 	}
+}
+
+// pgxQueryRow runs one query on a connection of its own.
+func pgxQueryRow(t testing.TB, dsn, sql string, dst ...any) error {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(t.Context())
+	return conn.QueryRow(t.Context(), sql).Scan(dst...)
 }

@@ -93,7 +93,7 @@ type helper struct {
 	target string
 }
 
-func startHelper(t *testing.T, dsn string, ttl time.Duration) *helper {
+func startHelper(t testing.TB, dsn string, ttl time.Duration) *helper {
 	t.Helper()
 	h := &helper{lines: make(chan string, 100), done: make(chan error, 1), target: t.TempDir() + "/target.txt"}
 	h.cmd = exec.Command(os.Args[0], "-test.run=^$")
@@ -125,7 +125,7 @@ func startHelper(t *testing.T, dsn string, ttl time.Duration) *helper {
 	return h
 }
 
-func (h *helper) expect(t *testing.T, prefix string, d time.Duration) string {
+func (h *helper) expect(t testing.TB, prefix string, d time.Duration) string {
 	t.Helper()
 	timeout := time.After(d)
 	for {
@@ -146,7 +146,7 @@ func (h *helper) expect(t *testing.T, prefix string, d time.Duration) string {
 	}
 }
 
-func (h *helper) signal(t *testing.T, sig syscall.Signal) {
+func (h *helper) signal(t testing.TB, sig syscall.Signal) {
 	t.Helper()
 	if err := syscall.Kill(-h.cmd.Process.Pid, sig); err != nil {
 		t.Fatal(err)
@@ -154,7 +154,7 @@ func (h *helper) signal(t *testing.T, sig syscall.Signal) {
 }
 
 // targetLines waits until the helper wrote at least n lines.
-func (h *helper) waitLines(t *testing.T, n int) {
+func (h *helper) waitLines(t testing.TB, n int) {
 	t.Helper()
 	for range 400 {
 		data, _ := os.ReadFile(h.target)
@@ -187,7 +187,7 @@ func TestStoppedNodeDoesNotWriteAfterItWakes(t *testing.T) {
 	}
 	k := me.Keep(c.Leases()...)
 	defer k.Close()
-	cp, _, err := me.LoadCheckpoint(t.Context(), "job1")
+	cp, err := me.LoadCheckpoint(t.Context(), "job1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,8 @@ func TestStoppedNodeDoesNotWriteAfterItWakes(t *testing.T) {
 	if takeover < 0 || stale > 1 {
 		t.Errorf("old node wrote %d target lines after the takeover, want at most the 1 it was past its fence for:\n%s", stale, data)
 	}
-	got, epoch, err := me.LoadCheckpoint(t.Context(), "job1")
+	got, err := me.LoadCheckpoint(t.Context(), "job1")
+	epoch := got.Epoch
 	if err != nil || epoch != 2 || got.Seq != cp.Seq+5 {
 		t.Errorf("checkpoint after the old node woke: seq %d epoch %d (%v), want seq %d epoch 2", got.Seq, epoch, err, cp.Seq+5)
 	}
@@ -259,7 +260,8 @@ func TestKilledNodesJobMoves(t *testing.T) {
 	killed := time.Now()
 	c := claimWithin(t, me, 60*time.Second)
 	t.Logf("taken over %s after the kill (lease_ttl %s)", time.Since(killed).Round(time.Millisecond), ttl)
-	cp, epoch, err := me.LoadCheckpoint(t.Context(), "job1")
+	cp, err := me.LoadCheckpoint(t.Context(), "job1")
+	epoch := cp.Epoch
 	if err != nil || epoch != 1 || cp.Seq < 4 || c.Job.Epoch() != 2 {
 		t.Errorf("resume from seq %d epoch %d (%v) at epoch %d, want the dead node's checkpoint (seq >= 4, epoch 1) at epoch 2", cp.Seq, epoch, err, c.Job.Epoch())
 	}

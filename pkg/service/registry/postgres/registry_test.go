@@ -59,6 +59,25 @@ func TestMigrateIsVersionedAndIdempotent(t *testing.T) {
 		t.Errorf("schema_migrations: %d rows up to %d, want %d up to %d", n, top, len(ms), ms[len(ms)-1].Version)
 	}
 
+	// A database at version 1 with a job in it is brought up to date, and
+	// keeps its job.
+	s, err := postgres.New(t.Context(), pool, postgres.Options{Node: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	create(t, s, "old", "", registry.StatusQueued)
+	if _, err := pool.Exec(t.Context(), `DROP TABLE failed_items; ALTER TABLE checkpoints DROP COLUMN failed;
+		DELETE FROM schema_migrations WHERE version > 1`); err != nil {
+		t.Fatal(err)
+	}
+	up, err := postgres.Migrate(t.Context(), pool)
+	if err != nil || fmt.Sprint(up) != "[2]" {
+		t.Errorf("upgrade from version 1: applied %v (%v), want [2]", up, err)
+	}
+	if _, err := s.Get(t.Context(), "old"); err != nil {
+		t.Errorf("the job after the upgrade: %v", err)
+	}
+
 	// A database migrated by a newer memvisor is refused, not misread.
 	if _, err := pool.Exec(t.Context(), "INSERT INTO schema_migrations (version, name) VALUES (9999, '9999_future.sql')"); err != nil {
 		t.Fatal(err)
