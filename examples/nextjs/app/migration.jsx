@@ -185,6 +185,9 @@ export default function Migration({ dataRoot }) {
         <section className="error" id="error" role="alert">
           {error.message}
           {(error.fields || []).map((f) => `\n${f.field}: ${f.message}`).join("")}
+          {(error.fields || []).some((f) => f.field === "inject")
+            ? "\nSet the delay per batch to 0: this supervisor does not allow fault injection."
+            : ""}
         </section>
       ) : null}
 

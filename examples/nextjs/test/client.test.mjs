@@ -1,8 +1,11 @@
 // Runs the client against a live `supervisor serve`, whose URL and token
-// come from MEMVISOR_URL and MEMVISOR_TOKEN (pkg/service/e2e starts one).
+// come from MEMVISOR_URL and MEMVISOR_TOKEN (pkg/service/e2e starts one,
+// with fault injection allowed). MEMVISOR_DATA_ROOT is the directory the
+// supervisor lets jobs write under (its allowed_roots; by default
+// <state_dir>/data); without it, targets go to the temporary directory.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -14,7 +17,8 @@ const token = process.env.MEMVISOR_TOKEN;
 if (!url || !token) throw new Error("set MEMVISOR_URL and MEMVISOR_TOKEN to a running supervisor serve");
 
 const mv = createClient({ baseUrl: url, token });
-const dir = mkdtempSync(join(tmpdir(), "memvisor-node-"));
+const dataRoot = process.env.MEMVISOR_DATA_ROOT || "";
+const dir = mkdtempSync(join(dataRoot || tmpdir(), "memvisor-node-"));
 let n = 0;
 const spec = (count, extra = {}) => ({
   id: `node-${process.pid}-${++n}`,
@@ -97,6 +101,33 @@ test("bad input comes back as per-field errors", async () => {
   await mv.createJob(s);
   await assert.rejects(mv.createJob({ ...s, id: s.id + "-again" }), (e) => e.status === 409 && e.code === "active_pair");
   await mv.cancel(s.id);
+});
+
+test("the supervisor confines targets to its data root", { skip: !dataRoot && "MEMVISOR_DATA_ROOT is not set" }, async () => {
+  const outside = mkdtempSync(join(tmpdir(), "memvisor-outside-"));
+  for (const path of [join(outside, "out.jsonl"), join(dataRoot, "..", "registry.db"), join(dataRoot, "..", "escape.jsonl")]) {
+    await assert.rejects(
+      mv.createJob(spec(10, { target: { type: "jsonl", path } })),
+      (e) => e.status === 400 && e.fields.some((f) => f.field === "target.path"),
+      path,
+    );
+  }
+  assert.ok(!existsSync(join(outside, "out.jsonl")), "nothing is written outside the data root");
+  assert.ok(!existsSync(join(dataRoot, "..", "escape.jsonl")), "nothing is written in the state directory");
+});
+
+test("the supervisor refuses what a cross-site page could send", async () => {
+  const post = (headers, body = JSON.stringify(spec(10))) =>
+    fetch(url + "/v1/jobs", { method: "POST", headers: { Authorization: "Bearer " + token, ...headers }, body });
+  let res = await post({ "Content-Type": "text/plain" });
+  assert.equal(res.status, 415);
+  assert.equal((await res.json()).error.code, "unsupported_media_type");
+  res = await post({ "Content-Type": "application/json", Origin: "https://evil.example", "Sec-Fetch-Site": "cross-site" });
+  assert.equal(res.status, 403);
+  assert.equal((await res.json()).error.code, "cross_origin");
+  // Exact-case keys only: "Source" is not "source".
+  const { source, ...rest } = spec(10);
+  await assert.rejects(mv.createJob({ ...rest, Source: source }), (e) => e.status === 400 && e.fields.some((f) => f.field === "Source"));
 });
 
 test("a wrong token is refused", async () => {

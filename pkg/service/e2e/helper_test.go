@@ -54,6 +54,11 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// serviceDefaults, put in extraYAML, keeps the service's own confinement
+// (allowed_roots <state_dir>/data, allow_inject false) for what extraYAML
+// does not set, instead of the wide settings most tests run with.
+const serviceDefaults = "# confinement: the service's defaults\n"
+
 // startSupervisor starts the real `supervisor serve --config FILE` with
 // the real runner (both built from the working tree).
 func startSupervisor(t testing.TB, stateDir, extraYAML string, env ...string) *proc {
@@ -68,11 +73,12 @@ func launch(t testing.TB, bin, stateDir, extraYAML string, env ...string) *proc 
 	port := freePort(t)
 	cfg := fmt.Sprintf("listen: 127.0.0.1:%d\nstate_dir: %s\nshutdown_timeout: 20s\n%s", port, stateDir, extraYAML)
 	// The tests' jobs write under the temporary directory and use fault
-	// injection.
-	if !strings.Contains(extraYAML, "allowed_roots:") {
+	// injection, unless the test keeps the service's own confinement.
+	wide := !strings.Contains(extraYAML, serviceDefaults)
+	if wide && !strings.Contains(extraYAML, "allowed_roots:") {
 		cfg += fmt.Sprintf("allowed_roots: [%s]\n", os.TempDir())
 	}
-	if !strings.Contains(extraYAML, "allow_inject:") {
+	if wide && !strings.Contains(extraYAML, "allow_inject:") {
 		cfg += "allow_inject: true\n"
 	}
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")

@@ -122,26 +122,55 @@ func TestNextjsApp(t *testing.T) {
 	nextBin := filepath.Join(app, "node_modules", "next", "dist", "bin", "next")
 	runIn(t, buildCtx, app, nextEnv(), node, nextBin, "build")
 
-	// The supervisor, with a token. The app reads the token from a file,
-	// as it would read <state_dir>/api-token.
+	// The supervisor, with a token and its default confinement: jobs
+	// write only beneath <state_dir>/data. The page's "delay per batch" is
+	// inject.slow_batch, so this one allows fault injection. The app
+	// reads the token from a file, as it would read <state_dir>/api-token.
 	const token = "nextjs-e2e-token-7c2a9d41"
 	state := t.TempDir()
 	dataRoot := filepath.Join(state, "data")
-	if err := os.MkdirAll(dataRoot, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	p := startSupervisor(t, state, "", "MEMVISOR_TOKEN="+token)
+	p := startSupervisor(t, state, serviceDefaults+"allow_inject: true\n", "MEMVISOR_TOKEN="+token)
 	tokenFile := filepath.Join(t.TempDir(), "api-token")
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	base := startNext(t, node, nextBin, app, p.base, tokenFile, dataRoot)
 
+	t.Run("route handler allow-list", func(t *testing.T) {
+		checkProxyRefusals(t, base, token, dataRoot)
+	})
+	t.Run("page in chromium", func(t *testing.T) {
+		drivePage(t, chrome, base, dataRoot, p)
+	})
+
+	// A supervisor as installed: its own token (generated into the state
+	// directory, which the app reads), its default data root, and no
+	// fault injection. The page shows the supervisor's own field errors.
+	state2 := t.TempDir()
+	strict := startSupervisor(t, state2, serviceDefaults)
+	base2 := startNext(t, node, nextBin, app, strict.base, filepath.Join(state2, "api-token"), filepath.Join(state2, "data"))
+	t.Run("page on a supervisor without fault injection", func(t *testing.T) {
+		drivePageStrict(t, chrome, base2, filepath.Join(state2, "data"), strict)
+	})
+
+	for _, s := range []*proc{p, strict} {
+		if err := s.stop(syscall.SIGTERM, 20*time.Second); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	}
+}
+
+// startNext runs `next start` on a free loopback port in front of the
+// supervisor at url, and returns the app's base URL. It is stopped when
+// the test ends.
+func startNext(t *testing.T, node, nextBin, app, url, tokenFile, dataRoot string) string {
+	t.Helper()
 	port := freePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	nextLog := &lockedBuffer{}
 	cmd := exec.Command(node, nextBin, "start", "-H", "127.0.0.1", "-p", fmt.Sprint(port))
 	cmd.Dir = app
-	cmd.Env = nextEnv("NODE_ENV=production", "MEMVISOR_URL="+p.base, "MEMVISOR_TOKEN_FILE="+tokenFile, "MEMVISOR_DATA_ROOT="+dataRoot)
+	cmd.Env = nextEnv("NODE_ENV=production", "MEMVISOR_URL="+url, "MEMVISOR_TOKEN_FILE="+tokenFile, "MEMVISOR_DATA_ROOT="+dataRoot)
 	cmd.Stdout, cmd.Stderr = nextLog, nextLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -158,20 +187,11 @@ func TestNextjsApp(t *testing.T) {
 			<-nextDone
 		}
 		if t.Failed() {
-			t.Logf("next start:\n%s", nextLog.String())
+			t.Logf("next start (%s):\n%s", base, nextLog.String())
 		}
 	})
 	waitHTTP(t, base+"/", nextDone, nextLog)
-
-	t.Run("route handler allow-list", func(t *testing.T) {
-		checkProxyRefusals(t, base, token, dataRoot)
-	})
-	t.Run("page in chromium", func(t *testing.T) {
-		drivePage(t, chrome, base, dataRoot, p)
-	})
-	if err := p.stop(syscall.SIGTERM, 20*time.Second); err != nil {
-		t.Errorf("stop: %v", err)
-	}
+	return base
 }
 
 // waitHTTP waits until url answers 200.
@@ -326,7 +346,10 @@ func fill(id, value string) chromedp.Action[chromedp.Void] {
 	})
 }
 
-func drivePage(t *testing.T, chrome, base, dataRoot string, p *proc) {
+// newBrowser starts headless Chromium and returns a context for its tab,
+// with a timeout for the actions after the start. It stops with the test.
+func newBrowser(t *testing.T, chrome string) context.Context {
+	t.Helper()
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chrome),
 		chromedp.Flag("headless", true),
@@ -342,16 +365,21 @@ func drivePage(t *testing.T, chrome, base, dataRoot string, p *proc) {
 		chromedp.WindowSize(1000, 1000),
 	}
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
+	t.Cleanup(cancelAlloc)
 	bctx, cancelCtx := chromedp.NewContext(actx)
-	defer cancelCtx()
+	t.Cleanup(cancelCtx)
 	// The first action starts the browser; a timeout on its context would
 	// stop the browser, so only later actions get one.
 	if err := chromedp.Do(bctx, chromedp.Navigate("about:blank")); err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(bctx, 3*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func drivePage(t *testing.T, chrome, base, dataRoot string, p *proc) {
+	ctx := newBrowser(t, chrome)
 
 	// A target outside the data root: the route handler refuses it, and
 	// the page says which field is wrong.
@@ -444,5 +472,99 @@ func drivePage(t *testing.T, chrome, base, dataRoot string, p *proc) {
 	waitPage(t, ctx, "the job cancelled", 30*time.Second, func(j pageJob) bool { return j.Status == "cancelled" })
 	if v := p.get(second.JobID); v.Status != "cancelled" || v.Progress.Processed >= 100000 {
 		t.Errorf("API after cancel: %+v", v)
+	}
+}
+
+// waitError polls the page until its error names want, and returns it.
+func waitError(t *testing.T, ctx context.Context, want string) string {
+	t.Helper()
+	const read = `document.querySelector('#error') ? document.querySelector('#error').textContent : ''`
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		msg, err := chromedp.Run(ctx, chromedp.Evaluate[string](read))
+		if err != nil {
+			t.Fatalf("read the page's error: %v", err)
+		}
+		if strings.Contains(msg, want) {
+			return msg
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the page's error never named %q: %q", want, msg)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// drivePageStrict drives the page in front of a supervisor with its
+// default confinement and no fault injection: the supervisor, not the
+// route handler, refuses a target that escapes its data root and a delay
+// per batch, the page shows its field errors, and a plain migration
+// still runs to the end.
+func drivePageStrict(t *testing.T, chrome, base, dataRoot string, p *proc) {
+	ctx := newBrowser(t, chrome)
+
+	// A path beneath the data root by its letters, but through a symlink
+	// to a directory outside it: the route handler lets it pass, the
+	// supervisor resolves it and refuses it, and nothing is written.
+	outside := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(dataRoot, "outside")); err != nil {
+		t.Fatal(err)
+	}
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`#start-form[data-ready=true]`)),
+		fill("count", "2000"),
+		fill("target", filepath.Join(dataRoot, "outside", "escaped.jsonl")),
+		fill("throttle", "0"),
+		chromedp.Click(chromedp.CSS(`#start`)),
+	)
+	if err != nil {
+		t.Fatalf("start a migration into a symlink: %v", err)
+	}
+	msg := waitError(t, ctx, "target.path")
+	t.Logf("the page's error for a target through a symlink: %q", msg)
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Errorf("the refused job wrote outside the data root: %v", entries)
+	}
+
+	// A delay per batch is fault injection, which this supervisor refuses.
+	err = chromedp.Do(ctx,
+		fill("target", filepath.Join(dataRoot, "strict.jsonl")),
+		fill("throttle", "50"),
+		chromedp.Click(chromedp.CSS(`#start`)),
+	)
+	if err != nil {
+		t.Fatalf("start a throttled migration: %v", err)
+	}
+	msg = waitError(t, ctx, "allow_inject")
+	if !strings.Contains(msg, "inject:") || !strings.Contains(msg, "delay per batch to 0") {
+		t.Errorf("the page's error for a refused delay: %q, want the inject field and what to do", msg)
+	}
+	code, body := p.do("GET", "/v1/jobs", nil)
+	var list struct {
+		Jobs []jobView `json:"jobs"`
+	}
+	if err := json.Unmarshal(body, &list); code != http.StatusOK || err != nil || len(list.Jobs) != 0 {
+		t.Errorf("jobs after two refused starts: %d %s, want none", code, body)
+	}
+
+	// Without the delay, the same migration runs.
+	err = chromedp.Do(ctx,
+		fill("throttle", "0"),
+		chromedp.Click(chromedp.CSS(`#start`)),
+		chromedp.WaitVisible(chromedp.CSS(`#job`)),
+	)
+	if err != nil {
+		t.Fatalf("start a migration without a delay: %v", err)
+	}
+	done := waitPage(t, ctx, "the job completed", 120*time.Second, func(j pageJob) bool { return j.Status == "completed" })
+	if done.Percent != 100 || !strings.HasPrefix(done.Processed, "2,000") {
+		t.Errorf("page when completed: %+v, want 100%% of 2,000", done)
+	}
+	if v := p.get(done.JobID); v.Status != "completed" || v.Progress.Processed != 2000 {
+		t.Errorf("API after the page: %+v, want completed with 2000 processed", v)
+	}
+	if _, err := os.Stat(filepath.Join(dataRoot, "strict.jsonl")); err != nil {
+		t.Errorf("the target: %v", err)
 	}
 }
