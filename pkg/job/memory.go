@@ -56,6 +56,18 @@ func (m Memory) GuardPercents() (gc, drain float64) {
 	return gc, drain
 }
 
+// GuardLines returns the runner's memory guard lines in bytes of budget:
+// collect once above gc, drain above drain (docs/design.md, "The memory
+// policy"). This is the one place they are derived; the supervisor and a
+// standalone `runner run` both call it. A zero budget turns both off.
+func (m Memory) GuardLines(budget uint64) (gc, drain uint64) {
+	if budget == 0 {
+		return 0, 0
+	}
+	gcPct, drainPct := m.GuardPercents()
+	return uint64(float64(budget) * gcPct / 100), uint64(float64(budget) * drainPct / 100)
+}
+
 // RestartBudget allows at most Max restarts that made no progress within
 // Window, as an Erlang/OTP supervisor's intensity and period.
 type RestartBudget struct {
@@ -63,7 +75,8 @@ type RestartBudget struct {
 	Window Duration `json:"window"`
 }
 
-// DefaultMemory returns the policy defaults from DESIGN.md section 4.
+// DefaultMemory returns the policy defaults (docs/design.md, "The memory
+// policy").
 func DefaultMemory() Memory {
 	return Memory{
 		WarningPercent:  75,

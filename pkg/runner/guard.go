@@ -31,14 +31,8 @@ import (
 // line that the memory a drain needs (one write and one commit) fits in
 // between. A zero budget turns the guard off.
 func GuardFor(budget uint64, mem job.Memory) plugin.Guard {
-	if budget == 0 {
-		return plugin.Guard{}
-	}
-	gcPct, drainPct := mem.GuardPercents()
-	return plugin.Guard{
-		GCBytes:    uint64(float64(budget) * gcPct / 100),
-		DrainBytes: uint64(float64(budget) * drainPct / 100),
-	}
+	gc, drain := mem.GuardLines(budget)
+	return plugin.Guard{GCBytes: gc, DrainBytes: drain}
 }
 
 const (

@@ -47,12 +47,15 @@ type PolicyConfig struct {
 	CriticalSamples int
 	// GCCooldown is how long a GC request is given to take effect.
 	GCCooldown time.Duration
+	// GuardGCBytes and GuardDrainBytes are the runner's own guard lines
+	// (see GuardFor).
+	GuardGCBytes, GuardDrainBytes uint64
 }
 
 // NewPolicyConfig takes the thresholds from a job's memory block and the
 // budget in force.
 func NewPolicyConfig(m job.Memory, budget uint64) PolicyConfig {
-	return PolicyConfig{
+	c := PolicyConfig{
 		BudgetBytes:     budget,
 		WarningPercent:  m.WarningPercent,
 		CriticalPercent: m.CriticalPercent,
@@ -60,6 +63,8 @@ func NewPolicyConfig(m job.Memory, budget uint64) PolicyConfig {
 		CriticalSamples: m.CriticalSamples,
 		GCCooldown:      m.GCCooldown.D(),
 	}
+	c.GuardGCBytes, c.GuardDrainBytes = m.GuardLines(budget)
+	return c
 }
 
 // Bytes returns the usage at percent of the budget.
@@ -67,25 +72,20 @@ func (c PolicyConfig) Bytes(percent float64) uint64 {
 	return uint64(float64(c.BudgetBytes) * percent / 100)
 }
 
-// GuardFor derives the lines of the runner's own memory guard from the
-// policy's (docs/design.md, "The memory guard"). This is the one place
-// they are derived:
-//   - the GC line is the critical line: the runner collects at the level
-//     where the supervisor would ask it to;
-//   - the drain line is halfway between the critical and the kill line:
-//     above anything GC is expected to cure, and far enough below the
-//     kill line that a drain of about one write and one commit finishes
-//     before the supervisor's kill.
-//
-// A budget of zero turns both lines off.
+// GuardFor returns the lines of the runner's own memory guard that the
+// config carries (docs/design.md, "The memory policy"). NewPolicyConfig
+// takes them from job.Memory.GuardLines, the one place they are derived:
+// by default the GC line is the critical line, where the supervisor would
+// ask for a collection, and the drain line is halfway between the critical
+// and the kill line, above anything a collection is expected to cure and
+// far enough below the kill line that a drain of about one write and one
+// commit finishes before the supervisor's kill. A budget of zero turns
+// both lines off.
 func GuardFor(cfg PolicyConfig) plugin.Guard {
 	if cfg.BudgetBytes == 0 {
 		return plugin.Guard{}
 	}
-	return plugin.Guard{
-		GCBytes:    cfg.Bytes(cfg.CriticalPercent),
-		DrainBytes: cfg.Bytes(cfg.CriticalPercent + (cfg.KillPercent-cfg.CriticalPercent)/2),
-	}
+	return plugin.Guard{GCBytes: cfg.GuardGCBytes, DrainBytes: cfg.GuardDrainBytes}
 }
 
 // Sample is one reading of a runner's memory.

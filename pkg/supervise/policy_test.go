@@ -493,10 +493,15 @@ func TestPolicyLearnsDrainTime(t *testing.T) {
 }
 
 func TestGuardFor(t *testing.T) {
-	cfg := supervise.PolicyConfig{BudgetBytes: 1000, WarningPercent: 75, CriticalPercent: 85, KillPercent: 95}
+	cfg := supervise.NewPolicyConfig(job.DefaultMemory(), 1000)
 	g := supervise.GuardFor(cfg)
 	if g.GCBytes != 850 || g.DrainBytes != 900 {
 		t.Errorf("GuardFor: got GC %d drain %d, want 850 and 900", g.GCBytes, g.DrainBytes)
+	}
+	m := job.DefaultMemory()
+	m.GuardGCPercent, m.GuardDrainPercent = 70, 80
+	if g := supervise.GuardFor(supervise.NewPolicyConfig(m, 1000)); g.GCBytes != 700 || g.DrainBytes != 800 {
+		t.Errorf("guard percents from the job: got GC %d drain %d, want 700 and 800", g.GCBytes, g.DrainBytes)
 	}
 	if kill := cfg.Bytes(cfg.KillPercent); !(g.GCBytes < g.DrainBytes && g.DrainBytes < kill) {
 		t.Errorf("lines out of order: gc %d, drain %d, kill %d", g.GCBytes, g.DrainBytes, kill)
