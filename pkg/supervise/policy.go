@@ -9,7 +9,7 @@ import (
 	"github.com/memvisor/memvisor/plugin"
 )
 
-// Level is a runner's memory level, as DESIGN.md section 4 defines them.
+// Level is a runner's memory level, as docs/design.md ("The memory policy") defines them.
 type Level string
 
 // The levels, in rising order.
