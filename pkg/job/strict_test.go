@@ -1,8 +1,10 @@
 package job_test
 
 import (
+	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/memvisor/memvisor/pkg/job"
@@ -64,4 +66,37 @@ func TestParseAPIKeepsBaseAndOwnsStateDir(t *testing.T) {
 	if s.Target.Podio == nil || s.Target.AppID != 7 {
 		t.Errorf("promoted podio keys were lost: %+v", s.Target)
 	}
+}
+
+// FuzzParseAPI: whatever the body, ParseAPI does not panic; what it
+// accepts, encoding/json accepts too, with the service's state dir and
+// no '$' left in a path.
+func FuzzParseAPI(f *testing.F) {
+	for _, seed := range []string{
+		`{"id":"a","source":{"type":"synthetic","count":3},"target":{"type":"jsonl","path":"/d/t.jsonl"}}`,
+		`{"id":"a","Source":{"type":"synthetic","count":3},"target":{"type":"jsonl","path":"/d/t.jsonl"}}`,
+		`{"\u017ftate_dir":"/x","source":{"type":"synthetic","count":1},"target":{"type":"jsonl","path":"/t"}}`,
+		`{"source":{"type":"jsonl","path":"$HOME/x"},"target":{"type":"podio","app_id":1,"auth":{"flow":"app"}}}`,
+		`{"memory":{"limit":"1GiB","restart_budget":{"max":2,"window":"1m"}},"mode":"upsert","mode":"create"}`,
+		`{"field_mapping":{"a":"b"},"inject":{"spike_bytes":"1MiB","spike_at_item":1}}`,
+		`[]`, `null`, `{"id":1}`, `{} {}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := job.ParseAPI(data, job.Default(), "/state")
+		if err != nil {
+			return
+		}
+		if s.StateDir != "/state" {
+			t.Errorf("state dir %q", s.StateDir)
+		}
+		if strings.Contains(s.Source.Path+s.Target.Path, "$") {
+			t.Errorf("a '$' was accepted in a path")
+		}
+		var loose job.Spec
+		if err := json.Unmarshal(data, &loose); err != nil {
+			t.Errorf("strict accepted what encoding/json refuses: %v", err)
+		}
+	})
 }

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -22,7 +23,15 @@ var (
 	bucketPairs = []byte("pairs")
 	// bucketCounts holds the number of jobs in each state.
 	bucketCounts = []byte("counts")
+	// bucketByStatus indexes the jobs by state: status, 0, seq -> id. A
+	// page of one state (the scheduler's oldest queued job) reads only
+	// the jobs in that state.
+	bucketByStatus = []byte("by-status")
 )
+
+func statusKey(s Status, seq uint64) []byte {
+	return append(append([]byte(s), 0), seqKey(seq)...)
+}
 
 // DB is the bbolt registry: one file that only the running service opens
 // (bbolt holds an exclusive flock on it).
@@ -47,7 +56,7 @@ func Open(path string, timeout time.Duration) (*DB, error) {
 				return err
 			}
 		}
-		if tx.Bucket(bucketPairs) != nil && tx.Bucket(bucketCounts) != nil {
+		if tx.Bucket(bucketPairs) != nil && tx.Bucket(bucketCounts) != nil && tx.Bucket(bucketByStatus) != nil {
 			return nil
 		}
 		return reindex(tx)
@@ -61,7 +70,7 @@ func Open(path string, timeout time.Duration) (*DB, error) {
 
 // reindex builds the pair index and the state counts from the records.
 func reindex(tx *bolt.Tx) error {
-	for _, b := range [][]byte{bucketPairs, bucketCounts} {
+	for _, b := range [][]byte{bucketPairs, bucketCounts, bucketByStatus} {
 		if tx.Bucket(b) != nil {
 			if err := tx.DeleteBucket(b); err != nil {
 				return err
@@ -190,6 +199,9 @@ func (d *DB) List(_ context.Context, opt ListOptions) (Page, error) {
 		start = n
 	}
 	var page Page
+	if len(opt.Statuses) == 1 {
+		return d.listStatus(opt.Statuses[0], start, limit)
+	}
 	err := d.db.View(func(tx *bolt.Tx) error {
 		jobs := tx.Bucket(bucketJobs)
 		c := tx.Bucket(bucketOrder).Cursor()
@@ -209,6 +221,34 @@ func (d *DB) List(_ context.Context, opt ListOptions) (Page, error) {
 			if opt.keeps(rec.Status) {
 				page.Jobs = append(page.Jobs, rec)
 			}
+		}
+		return nil
+	})
+	return page, err
+}
+
+// listStatus is List for one state, through the state index: it reads
+// only the records it returns.
+func (d *DB) listStatus(st Status, start uint64, limit int) (Page, error) {
+	var page Page
+	err := d.db.View(func(tx *bolt.Tx) error {
+		jobs := tx.Bucket(bucketJobs)
+		prefix := append([]byte(st), 0)
+		c := tx.Bucket(bucketByStatus).Cursor()
+		for k, id := c.Seek(statusKey(st, start)); k != nil && bytes.HasPrefix(k, prefix); k, id = c.Next() {
+			if len(page.Jobs) == limit {
+				page.NextCursor = strconv.FormatUint(binary.BigEndian.Uint64(k[len(prefix):]), 10)
+				return nil
+			}
+			v := jobs.Get(id)
+			if v == nil {
+				continue
+			}
+			var rec Record
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode job %s: %w", id, err)
+			}
+			page.Jobs = append(page.Jobs, rec)
 		}
 		return nil
 	})
@@ -264,9 +304,12 @@ func pairFree(tx *bolt.Tx, pair, id string) error {
 // index moves a job's entries in the pair index and the state counts from
 // its old record to its new one; nil stands for no record.
 func index(tx *bolt.Tx, old, rec *Record) error {
-	pairs := tx.Bucket(bucketPairs)
+	pairs, byStatus := tx.Bucket(bucketPairs), tx.Bucket(bucketByStatus)
 	if old != nil {
 		if err := addCount(tx, old.Status, -1); err != nil {
+			return err
+		}
+		if err := byStatus.Delete(statusKey(old.Status, old.Seq)); err != nil {
 			return err
 		}
 		if old.Pair != "" && old.Status.Active() {
@@ -280,6 +323,9 @@ func index(tx *bolt.Tx, old, rec *Record) error {
 	}
 	if rec != nil {
 		if err := addCount(tx, rec.Status, 1); err != nil {
+			return err
+		}
+		if err := byStatus.Put(statusKey(rec.Status, rec.Seq), []byte(rec.ID)); err != nil {
 			return err
 		}
 		if rec.Pair != "" && rec.Status.Active() {

@@ -8,8 +8,10 @@
 //
 // Each job is one JSON record keyed by its id. A second bucket indexes the
 // ids by a sequence number in creation order, so that List pages with a
-// stable cursor. A third maps a hash of each active job's Pair to its id,
-// and a fourth counts the jobs in each state, so that Create checks for an
+// stable cursor, and another by state, so that a page of one state (the
+// scheduler's oldest queued job) reads only jobs in that state. A third
+// maps a hash of each active job's Pair to its id, and a fourth counts the
+// jobs in each state, so that Create checks for an
 // active job on the same source and target, and for a full queue, in the
 // same transaction and without reading any other record: two concurrent
 // requests cannot both win, and a create costs the same with ten jobs or

@@ -200,12 +200,16 @@ func TestUpdateRefusesASecondActiveJobOnAPair(t *testing.T) {
 	}
 }
 
-// TestCreateDoesNotReadOtherRecords proves that a create does not decode
-// the stored jobs: a corrupt record elsewhere in the file does not stop it.
+// TestCreateDoesNotReadOtherRecords proves that a create, and the
+// scheduler's page of queued jobs, do not decode the other stored jobs: a
+// corrupt record of a finished job does not stop them.
 func TestCreateDoesNotReadOtherRecords(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "r.db")
 	db, err := registry.Open(path, time.Second)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Create(t.Context(), &registry.Record{ID: "done", Pair: "old", Status: registry.StatusCompleted}, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.Create(t.Context(), &registry.Record{ID: "a", Pair: "p", Status: registry.StatusQueued}, 0); err != nil {
@@ -216,7 +220,7 @@ func TestCreateDoesNotReadOtherRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := raw.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("jobs")).Put([]byte("zz"), []byte("not json")) }); err != nil {
+	if err := raw.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("jobs")).Put([]byte("done"), []byte("not json")) }); err != nil {
 		t.Fatal(err)
 	}
 	raw.Close()
@@ -226,5 +230,56 @@ func TestCreateDoesNotReadOtherRecords(t *testing.T) {
 	}
 	if err := db.Create(t.Context(), &registry.Record{ID: "c", Pair: "p", Status: registry.StatusQueued}, 0); !errors.Is(err, registry.ErrActivePair) {
 		t.Errorf("same pair as a: got %v, want ErrActivePair", err)
+	}
+	p, err := db.List(t.Context(), registry.ListOptions{Statuses: []registry.Status{registry.StatusQueued}, Limit: 1})
+	if err != nil || len(p.Jobs) != 1 || p.Jobs[0].ID != "a" || p.NextCursor == "" {
+		t.Errorf("oldest queued job beside a corrupt finished one: %+v, %v", p, err)
+	}
+	p, err = db.List(t.Context(), registry.ListOptions{Statuses: []registry.Status{registry.StatusQueued}, Cursor: p.NextCursor})
+	if err != nil || len(p.Jobs) != 1 || p.Jobs[0].ID != "b" || p.NextCursor != "" {
+		t.Errorf("second page of queued jobs: %+v, %v", p, err)
+	}
+}
+
+// TestOpenIndexesAnOldFile: a registry written before the indexes existed
+// gets them at its first open.
+func TestOpenIndexesAnOldFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.db")
+	db, err := registry.Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, st := range []registry.Status{registry.StatusQueued, registry.StatusCompleted, registry.StatusQueued} {
+		if err := db.Create(t.Context(), &registry.Record{ID: fmt.Sprint("j", i), Pair: fmt.Sprint("p", i), Status: st}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	raw, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Update(func(tx *bolt.Tx) error {
+		for _, b := range []string{"pairs", "counts", "by-status"} {
+			if err := tx.DeleteBucket([]byte(b)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	db = open(t, path)
+	n, err := db.Count(t.Context())
+	if err != nil || n[registry.StatusQueued] != 2 || n[registry.StatusCompleted] != 1 {
+		t.Errorf("counts after reindexing: %v, %v", n, err)
+	}
+	if err := db.Create(t.Context(), &registry.Record{ID: "x", Pair: "p0", Status: registry.StatusQueued}, 0); !errors.Is(err, registry.ErrActivePair) {
+		t.Errorf("pair of an active job after reindexing: %v", err)
+	}
+	p, err := db.List(t.Context(), registry.ListOptions{Statuses: []registry.Status{registry.StatusQueued}})
+	if err != nil || len(p.Jobs) != 2 {
+		t.Errorf("queued jobs after reindexing: %+v, %v", p.Jobs, err)
 	}
 }
