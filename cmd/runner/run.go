@@ -114,10 +114,10 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				return err
 			}
 			if res.Status == batcher.StatusDrained && h.DrainReason() == plugin.DrainGuard {
-				fmt.Fprintf(stderr, "runner: job %s: memory reached the guard's drain line (%s of the %s memory.limit); "+
+				fmt.Fprintf(stderr, "runner: job %s: memory reached the guard's drain line (%.1f MiB of the %s memory.limit); "+
 					"it stopped and committed %d items. Run the same command again to resume it in a fresh process, "+
 					"or run it under the supervisor, which restarts it by itself.\n",
-					spec.ID, job.ByteSize(guard.DrainBytes), job.ByteSize(budget), p.Processed)
+					spec.ID, float64(guard.DrainBytes)/(1<<20), job.ByteSize(budget), p.Processed)
 				return exitError(ExitGuardDrained)
 			}
 			if res.AlreadyDone {

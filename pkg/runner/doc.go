@@ -14,8 +14,8 @@
 // The memory guard (guard.go) watches the runner's own RSS between the
 // supervisor's samples: every write is counted, and every 1,024th write,
 // every commit and every 10 ms its goroutine reads /proc/self/statm. Above
-// the GC line it collects once (and again only once usage has fallen below
-// the line, or climbed by half the gap to the drain line); above the drain
+// the GC line it collects once, in a goroutine of its own (and again only
+// once usage has fallen below the line); above the drain
 // line it drains the job the way the Drain RPC does (after one collection
 // only if none was tried since usage was below the GC line, so a spike
 // that a collection frees costs no restart), and the job ends drained
