@@ -99,7 +99,8 @@
 //
 //   - parse Fleet (embedded in its Config, so the keys sit at the top
 //     level), call ApplyEnv and Validate;
-//   - Open(ctx, url, fleet.Options() plus QuotaKeys) in place of the bbolt
+//   - Open(ctx, url, fleet.Options() plus QuotaKeys: PodioQuotaKeys with
+//     the service's credential resolver) in place of the bbolt
 //     registry (migrations run there);
 //   - loop on Claim while it has a free runner slot, Keep the claim's
 //     leases, hand Claim.Fence to the runner's writer to call before each

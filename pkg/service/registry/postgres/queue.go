@@ -2,12 +2,9 @@ package postgres
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -170,18 +167,4 @@ func (s *Store) claimOne(ctx context.Context, tx pgx.Tx, id string, quotas []str
 		return nil, err
 	}
 	return c, nil
-}
-
-// QuotaKey returns the quota key of one set of Podio credentials: a
-// SHA-256 of the API base URL, the client id and the principal the quota
-// belongs to (the user name of the password flow, or the app id of the
-// app flow), as Podio counts its limits per user per API key. The key
-// identifies the credentials without holding them; never pass a secret
-// (a password, a token) as the principal.
-func QuotaKey(apiURL, clientID, principal string) string {
-	h := sha256.New()
-	for _, part := range []string{"memvisor-podio-quota-v1", strings.TrimRight(apiURL, "/"), clientID, principal} {
-		fmt.Fprintf(h, "%d:%s;", len(part), part)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/pgtest"
 	"github.com/memvisor/memvisor/pkg/service/registry"
 	"github.com/memvisor/memvisor/pkg/service/registry/postgres"
@@ -167,5 +168,42 @@ func TestQuotaKey(t *testing.T) {
 		if postgres.QuotaKey(other[0], other[1], other[2]) == base {
 			t.Errorf("%v has the same key as the base credentials", other)
 		}
+	}
+}
+
+func TestPodioQuotaKeys(t *testing.T) {
+	resolve := func(p job.Podio) (string, string, error) {
+		if p.Auth == nil {
+			return "", "", errors.New("no auth")
+		}
+		return p.Auth.ClientID, p.Auth.UsernameEnv, nil
+	}
+	keys := postgres.PodioQuotaKeys(resolve)
+	spec := func(src, dst string) registry.Record {
+		return registry.Record{ID: "j", Spec: json.RawMessage(`{"source":` + src + `,"target":` + dst + `}`)}
+	}
+	podio := func(api, client, user string) string {
+		return `{"type":"podio","app_id":1,"api_url":"` + api + `","auth":{"flow":"password","client_id":"` + client + `","username_env":"` + user + `"}}`
+	}
+	jsonl := `{"type":"jsonl","path":"/x"}`
+	for _, tc := range []struct {
+		name string
+		rec  registry.Record
+		want []string
+	}{
+		{"no podio", spec(jsonl, jsonl), nil},
+		{"target only", spec(jsonl, podio("", "c", "u")), []string{postgres.QuotaKey("https://api.podio.com", "c", "u")}},
+		{"both", spec(podio("https://emu", "c", "u"), podio("", "d", "v")),
+			[]string{postgres.QuotaKey("https://emu", "c", "u"), postgres.QuotaKey("https://api.podio.com", "d", "v")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := keys(tc.rec)
+			if err != nil || fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("got %v (%v), want %v", got, err, tc.want)
+			}
+		})
+	}
+	if _, err := keys(spec(jsonl, `{"type":"podio","app_id":1}`)); err == nil || !strings.Contains(err.Error(), "target") {
+		t.Errorf("unresolvable target: got %v, want an error naming the target", err)
 	}
 }
