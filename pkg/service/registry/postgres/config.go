@@ -123,7 +123,7 @@ func (f Fleet) Validate() job.Errors {
 }
 
 // Options returns the Store options of this config; the caller adds
-// QuotaKey.
+// QuotaKeys and Logger.
 func (f Fleet) Options() Options {
 	return Options{Node: f.NodeID, LeaseTTL: f.LeaseTTL.D(), QuotaShares: f.PodioQuotaShares}
 }

@@ -68,10 +68,11 @@
 //
 // # Shared Podio quota
 //
-// Podio counts its rate limit per user per API key. A job whose spec uses
-// Podio credentials gets a quota key (QuotaKey: a SHA-256 of the API URL,
-// the client id and the principal, never a secret), and Claim takes one of
-// QuotaShares quota leases (quota/<key>/<slot>) with the job's lease. With
+// Podio counts its rate limit per user per API key. A job gets a quota key
+// for each set of Podio credentials it uses, source and target (QuotaKey:
+// a SHA-256 of the API URL, the client id and the principal, never a
+// secret), and Claim takes, for each key, one of QuotaShares quota leases
+// (quota/<key>/<slot>) with the job's lease, in key order. With
 // the default of one share, two jobs with the same credentials never run
 // at once across the fleet; with N shares, N run and each must hold its
 // rate to 1/N of the quota.
@@ -98,7 +99,8 @@
 //
 //   - parse Fleet (embedded in its Config, so the keys sit at the top
 //     level), call ApplyEnv and Validate;
-//   - Open(ctx, url, fleet.Options() plus QuotaKey) in place of the bbolt
+//   - Open(ctx, url, fleet.Options() plus QuotaKeys: PodioQuotaKeys with
+//     the service's credential resolver) in place of the bbolt
 //     registry (migrations run there);
 //   - loop on Claim while it has a free runner slot, Keep the claim's
 //     leases, hand Claim.Fence to the runner's writer to call before each

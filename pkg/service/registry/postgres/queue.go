@@ -2,12 +2,9 @@ package postgres
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,23 +17,25 @@ import (
 type Claim struct {
 	Record registry.Record
 	Job    *Lease
-	// Quota is nil for a job without a quota key.
-	Quota *Lease
+	// Quotas holds a share of each quota the job uses, in key order.
+	Quotas []*Lease
 	// QuotaShares is how many jobs may share the quota at once; the job's
 	// rate gate allows it 1/QuotaShares of the quota.
 	QuotaShares int
 }
 
 // Leases returns the claim's leases, for Keep.
-func (c *Claim) Leases() []*Lease { return []*Lease{c.Job, c.Quota} }
+func (c *Claim) Leases() []*Lease { return append([]*Lease{c.Job}, c.Quotas...) }
 
 // Fence fails once either lease is lost.
 func (c *Claim) Fence() error {
 	if err := c.Job.Fence(); err != nil {
 		return err
 	}
-	if c.Quota != nil {
-		return c.Quota.Fence()
+	for _, q := range c.Quotas {
+		if err := q.Fence(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -45,8 +44,8 @@ func (c *Claim) Fence() error {
 // and its writer stopped.
 func (c *Claim) Release(ctx context.Context) error {
 	var errs []error
-	if c.Quota != nil {
-		errs = append(errs, c.Quota.Release(ctx))
+	for _, q := range c.Quotas {
+		errs = append(errs, q.Release(ctx))
 	}
 	errs = append(errs, c.Job.Release(ctx))
 	return errors.Join(errs...)
@@ -70,24 +69,28 @@ func (s *Store) Claim(ctx context.Context) (*Claim, error) {
 	var c *Claim
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
-			SELECT j.id, j.quota_key FROM jobs j
+			SELECT j.id, j.quota_keys FROM jobs j
 			LEFT JOIN leases l ON l.name = 'job/' || j.id
 			WHERE j.status IN ('queued', 'running') AND (l.name IS NULL OR l.expires_at <= now())
 			  -- Jobs whose quota is all taken would fill the batch and
 			  -- starve the jobs behind them.
-			  AND (j.quota_key = '' OR (
-				SELECT count(*) FROM leases q
-				WHERE q.name LIKE 'quota/' || j.quota_key || '/%' AND q.expires_at > now()) < $2)
+			  AND NOT EXISTS (
+				SELECT 1 FROM unnest(j.quota_keys) AS k(key)
+				WHERE (SELECT count(*) FROM leases q
+				       WHERE q.name LIKE 'quota/' || k.key || '/%' AND q.expires_at > now()) >= $2)
 			ORDER BY j.seq LIMIT $1
 			FOR UPDATE OF j SKIP LOCKED`, claimBatch, s.shares)
 		if err != nil {
 			return err
 		}
-		type cand struct{ id, quota string }
+		type cand struct {
+			id     string
+			quotas []string
+		}
 		var cands []cand
 		for rows.Next() {
 			var x cand
-			if err := rows.Scan(&x.id, &x.quota); err != nil {
+			if err := rows.Scan(&x.id, &x.quotas); err != nil {
 				rows.Close()
 				return err
 			}
@@ -98,7 +101,7 @@ func (s *Store) Claim(ctx context.Context) (*Claim, error) {
 			return err
 		}
 		for _, x := range cands {
-			c, err = s.claimOne(ctx, tx, x.id, x.quota)
+			c, err = s.claimOne(ctx, tx, x.id, x.quotas)
 			if err != nil || c != nil {
 				return err
 			}
@@ -116,16 +119,17 @@ func (s *Store) Claim(ctx context.Context) (*Claim, error) {
 
 // claimOne takes job id's leases inside a savepoint, so that a job whose
 // quota is spent leaves no trace; it returns nil, nil for such a job.
-func (s *Store) claimOne(ctx context.Context, tx pgx.Tx, id, quota string) (*Claim, error) {
+func (s *Store) claimOne(ctx context.Context, tx pgx.Tx, id string, quotas []string) (*Claim, error) {
 	sp, err := tx.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer sp.Rollback(ctx)
 	c := &Claim{QuotaShares: s.shares}
-	if quota != "" {
+	for _, key := range quotas {
+		var share *Lease
 		for slot := range s.shares {
-			c.Quota, err = s.acquire(ctx, sp, fmt.Sprintf("quota/%s/%d", quota, slot), id)
+			share, err = s.acquire(ctx, sp, fmt.Sprintf("quota/%s/%d", key, slot), id)
 			if err == nil {
 				break
 			}
@@ -133,9 +137,10 @@ func (s *Store) claimOne(ctx context.Context, tx pgx.Tx, id, quota string) (*Cla
 				return nil, err
 			}
 		}
-		if c.Quota == nil {
+		if share == nil {
 			return nil, nil
 		}
+		c.Quotas = append(c.Quotas, share)
 	}
 	c.Job, err = s.acquire(ctx, sp, jobLease(id), id)
 	if errors.Is(err, ErrHeld) {
@@ -162,18 +167,4 @@ func (s *Store) claimOne(ctx context.Context, tx pgx.Tx, id, quota string) (*Cla
 		return nil, err
 	}
 	return c, nil
-}
-
-// QuotaKey returns the quota key of one set of Podio credentials: a
-// SHA-256 of the API base URL, the client id and the principal the quota
-// belongs to (the user name of the password flow, or the app id of the
-// app flow), as Podio counts its limits per user per API key. The key
-// identifies the credentials without holding them; never pass a secret
-// (a password, a token) as the principal.
-func QuotaKey(apiURL, clientID, principal string) string {
-	h := sha256.New()
-	for _, part := range []string{"memvisor-podio-quota-v1", strings.TrimRight(apiURL, "/"), clientID, principal} {
-		fmt.Fprintf(h, "%d:%s;", len(part), part)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }

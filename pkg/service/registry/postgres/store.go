@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -22,10 +23,10 @@ type Options struct {
 	Node string
 	// LeaseTTL is how long a lease lives without a renewal; 15s if zero.
 	LeaseTTL time.Duration
-	// QuotaKey returns the quota key of a job (QuotaKey hashes Podio
-	// credentials into one), or "" for a job that shares no quota. Nil:
-	// no job shares a quota.
-	QuotaKey func(registry.Record) (string, error)
+	// QuotaKeys returns the quota keys of a job: one per set of Podio
+	// credentials it uses (QuotaKey hashes credentials into a key), none
+	// for a job that shares no quota. Nil: no job shares a quota.
+	QuotaKeys func(registry.Record) ([]string, error)
 	// QuotaShares is how many jobs with one quota key may run at once
 	// across the fleet, each with its share of the quota; 1 if zero.
 	QuotaShares int
@@ -43,14 +44,14 @@ const DefaultLeaseTTL = 15 * time.Second
 // Store is the registry, queue, leases and checkpoints of a fleet, in
 // PostgreSQL. It is safe for concurrent use, by many nodes at once.
 type Store struct {
-	pool     *pgxpool.Pool
-	ownsPool bool
-	node     string
-	ttl      time.Duration
-	quotaKey func(registry.Record) (string, error)
-	shares   int
-	now      func() time.Time
-	log      zerolog.Logger
+	pool      *pgxpool.Pool
+	ownsPool  bool
+	node      string
+	ttl       time.Duration
+	quotaKeys func(registry.Record) ([]string, error)
+	shares    int
+	now       func() time.Time
+	log       zerolog.Logger
 }
 
 // Open connects to the database at dsn, migrates its schema and returns a
@@ -80,7 +81,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, opt Options) (*Store, error) {
 	if opt.Node == "" {
 		return nil, errors.New("postgres registry: node_id must not be empty")
 	}
-	s := &Store{pool: pool, node: opt.Node, ttl: opt.LeaseTTL, quotaKey: opt.QuotaKey, shares: opt.QuotaShares, now: opt.Now, log: opt.Logger}
+	s := &Store{pool: pool, node: opt.Node, ttl: opt.LeaseTTL, quotaKeys: opt.QuotaKeys, shares: opt.QuotaShares, now: opt.Now, log: opt.Logger}
 	if s.ttl <= 0 {
 		s.ttl = DefaultLeaseTTL
 	}
@@ -131,12 +132,21 @@ func (s *Store) Create(ctx context.Context, rec *registry.Record, maxQueued int)
 	if !rec.Status.Valid() {
 		return fmt.Errorf("create job %s: unknown status %q", rec.ID, rec.Status)
 	}
-	qk := ""
-	if s.quotaKey != nil {
-		var err error
-		if qk, err = s.quotaKey(*rec); err != nil {
+	qk := []string{}
+	if s.quotaKeys != nil {
+		keys, err := s.quotaKeys(*rec)
+		if err != nil {
 			return fmt.Errorf("create job %s: quota key: %w", rec.ID, err)
 		}
+		// Sorted and unique: claims take quota leases in one order, so two
+		// claims cannot deadlock on them.
+		for _, k := range keys {
+			if k != "" {
+				qk = append(qk, k)
+			}
+		}
+		slices.Sort(qk)
+		qk = slices.Compact(qk)
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {
@@ -152,7 +162,7 @@ func (s *Store) Create(ctx context.Context, rec *registry.Record, maxQueued int)
 			}
 		}
 		err := tx.QueryRow(ctx, `
-			INSERT INTO jobs (id, pair, status, quota_key, record) VALUES ($1, $2, $3, $4, $5)
+			INSERT INTO jobs (id, pair, status, quota_keys, record) VALUES ($1, $2, $3, $4, $5)
 			ON CONFLICT (id) DO NOTHING RETURNING seq`,
 			rec.ID, rec.Pair, string(rec.Status), qk, string(data)).Scan(&seq)
 		switch {
