@@ -19,6 +19,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/memvisor/memvisor/internal/logkey"
 	"github.com/memvisor/memvisor/internal/memstat"
 	"github.com/memvisor/memvisor/pkg/checkpoint"
 	"github.com/memvisor/memvisor/pkg/connector"
@@ -764,21 +765,24 @@ func (b *Batcher) collect(reason string) {
 	debug.FreeOSMemory()
 	after := memstat.Read()
 	b.log.Info().Str("context", "gc").Str("reason", reason).
-		Float64("heapBeforeMB", memstat.MB(before.HeapObjectsBytes)).
-		Float64("heapUsedMB", memstat.MB(after.HeapObjectsBytes)).
-		Float64("rssMB", memstat.MB(after.RSSBytes)).Msg("forced garbage collection")
+		Float64(logkey.HeapObjectsBeforeMB, memstat.MB(before.HeapObjectsBytes)).
+		Float64(logkey.HeapObjectsAfterMB, memstat.MB(after.HeapObjectsBytes)).
+		Float64(logkey.RSSBeforeMB, memstat.MB(before.RSSBytes)).
+		Float64(logkey.RSSAfterMB, memstat.MB(after.RSSBytes)).Msg("forced garbage collection")
 }
 
-// logMemory writes the original tool's memory line.
+// logMemory writes the memory line at the original tool's moments
+// (migration_start, migration_end, Pre-fetch complete), with the field
+// names of internal/logkey.
 func (b *Batcher) logMemory(ctx string) {
 	m := memstat.Read()
-	ev := b.log.Info().Str("context", ctx).
-		Float64("heapUsedMB", memstat.MB(m.HeapObjectsBytes)).
-		Float64("heapTotalMB", memstat.MB(m.HeapTotalBytes)).
-		Float64("rssMB", memstat.MB(m.RSSBytes))
+	ev := b.log.Info().Str(logkey.Context, ctx).
+		Float64(logkey.HeapObjectsMB, memstat.MB(m.HeapObjectsBytes)).
+		Float64(logkey.HeapMappedMB, memstat.MB(m.HeapTotalBytes)).
+		Float64(logkey.RSSMB, memstat.MB(m.RSSBytes))
 	if b.o.Limit > 0 {
-		ev.Float64("heapUsedPercent", float64(int(float64(m.HeapObjectsBytes)*1000/float64(b.o.Limit)))/10)
-		ev.Float64("limitMB", memstat.MB(uint64(b.o.Limit)))
+		ev.Float64(logkey.HeapObjectsPercent, float64(int(float64(m.HeapObjectsBytes)*1000/float64(b.o.Limit)))/10)
+		ev.Float64(logkey.BudgetMB, memstat.MB(uint64(b.o.Limit)))
 	}
 	ev.Msg(ctx)
 }

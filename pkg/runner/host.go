@@ -17,6 +17,7 @@ import (
 	"github.com/gofrs/flock"
 	"github.com/rs/zerolog"
 
+	"github.com/memvisor/memvisor/internal/logkey"
 	"github.com/memvisor/memvisor/internal/memstat"
 	"github.com/memvisor/memvisor/pkg/batcher"
 	"github.com/memvisor/memvisor/pkg/checkpoint"
@@ -380,8 +381,8 @@ func (h *Host) GC(ctx context.Context) (plugin.GCResult, error) {
 		After:    plugin.MemFigures{RSSBytes: after.RSSBytes, HeapObjectsBytes: after.HeapObjectsBytes, TotalMappedBytes: after.TotalMappedBytes},
 		Duration: time.Since(start),
 	}
-	h.log.Info().Str("context", "gc").Float64("rssBeforeMB", memstat.MB(before.RSSBytes)).
-		Float64("rssMB", memstat.MB(after.RSSBytes)).Float64("heapUsedMB", memstat.MB(after.HeapObjectsBytes)).
+	h.log.Info().Str(logkey.Context, "gc").Float64(logkey.RSSBeforeMB, memstat.MB(before.RSSBytes)).
+		Float64(logkey.RSSAfterMB, memstat.MB(after.RSSBytes)).Float64(logkey.HeapObjectsAfterMB, memstat.MB(after.HeapObjectsBytes)).
 		Dur("took", res.Duration).Msg("garbage collection on request")
 	return res, nil
 }

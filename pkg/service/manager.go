@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/memvisor/memvisor/internal/logkey"
 	"github.com/memvisor/memvisor/pkg/batcher"
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service/confine"
@@ -474,17 +475,17 @@ func (m *Manager) onEvent(aj *activeJob, h *hub, ev supervise.Event) {
 	h.publish(aj.id, ev)
 }
 
-// memLine adds the original tool's memory fields to a log line.
+// memLine adds the memory fields to a log line, with the one meaning
+// internal/logkey gives each name.
 func memLine(e *zerolog.Event, ev supervise.Event, context string) *zerolog.Event {
-	e = e.Str("context", context).Str("reason", ev.Reason)
+	e = e.Str(logkey.Context, context).Str(logkey.Reason, ev.Reason)
 	if mem := ev.Memory; mem.Budget > 0 || mem.RSS > 0 {
-		const mb = 1 << 20
-		e = e.Float64("heapUsedMB", round1(float64(mem.Heap)/mb)).
-			Float64("heapTotalMB", round1(float64(mem.Budget)/mb)).
-			Float64("rssMB", round1(float64(mem.RSS)/mb))
+		e = e.Float64(logkey.HeapObjectsMB, logkey.MB(mem.Heap)).
+			Float64(logkey.BudgetMB, logkey.MB(mem.Budget)).
+			Float64(logkey.RSSMB, logkey.MB(mem.RSS))
 		if mem.Budget > 0 {
-			e = e.Float64("heapUsedPercent", round1(float64(mem.Heap)*100/float64(mem.Budget))).
-				Float64("rssPercent", round1(float64(mem.RSS)*100/float64(mem.Budget)))
+			e = e.Float64(logkey.HeapObjectsPercent, round1(float64(mem.Heap)*100/float64(mem.Budget))).
+				Float64(logkey.RSSPercent, round1(float64(mem.RSS)*100/float64(mem.Budget)))
 		}
 	}
 	return e

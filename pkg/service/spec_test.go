@@ -74,7 +74,7 @@ func TestMemoryEventLogLines(t *testing.T) {
 			continue
 		}
 		counts[msg]++
-		for _, k := range []string{"context", "heapUsedMB", "heapTotalMB", "heapUsedPercent", "rssMB", "reason"} {
+		for _, k := range []string{"context", "heapObjectsMB", "budgetMB", "heapObjectsPercent", "rssMB", "rssPercent", "reason"} {
 			if _, ok := line[k]; !ok {
 				t.Errorf("%q line lacks %s: %s", msg, k, sc.Text())
 			}
