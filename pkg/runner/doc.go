@@ -14,14 +14,14 @@
 // The memory guard (guard.go) watches the runner's own RSS between the
 // supervisor's samples: every write is counted, and every 1,024th write,
 // every commit and every 10 ms its goroutine reads /proc/self/statm. Above
-// the GC line it collects once, in a goroutine of its own (and again only
-// once usage has fallen below the line); above the drain
-// line it drains the job the way the Drain RPC does (after one collection
-// only if none was tried since usage was below the GC line, so a spike
-// that a collection frees costs no restart), and the job ends drained
-// with the reason "memory guard". GuardFor derives both lines from
-// a budget and the job's memory policy, for the supervisor and for
-// `runner run` alike.
+// the GC line it collects once, in a goroutine of its own, and again only
+// once usage has been below the line. Above the drain line it drains the
+// job the way the Drain RPC does, and the job ends drained with the
+// reason "memory guard"; but first it waits for a collection in progress,
+// or collects if none was tried since usage was below the GC line, so a
+// spike that a collection frees costs no restart. GuardFor derives both
+// lines from a budget and the job's memory policy, for the supervisor and
+// for `runner run` alike.
 //
 // It also carries out the job file's inject: block, for the examples and
 // the tests. A one-off fault (crash_at_item, hang_at_item, spike_at_item)
