@@ -215,20 +215,20 @@ inject: {leak_bytes_per_item: 4KB, slow_batch: 100ms}
 			if s.Restarts.Graceful < 1 || s.Restarts.Crash != 0 || s.Restarts.Hang != 0 {
 				t.Errorf("restarts: %+v, want graceful ones", s.Restarts)
 			}
-			if s.GCRequests < s.Restarts.Graceful {
-				t.Errorf("gc_requests %d < graceful restarts %d", s.GCRequests, s.Restarts.Graceful)
-			}
 			if s.PeakRSSBytes >= s.BudgetBytes {
 				t.Errorf("peak RSS %d over the budget %d", s.PeakRSSBytes, s.BudgetBytes)
 			}
 		}},
-		// gc_percent 99 keeps the runner's own periodic GC out of the way,
-		// so the cure is the supervisor's request.
+		// gc_percent 99 keeps the batcher's periodic GC out of the way. The
+		// spike crosses the guard's GC and drain lines (170 and 180 MiB);
+		// one collection cures it, either the runner's guard or the
+		// supervisor's request, whichever comes first, and no runner is
+		// restarted for it.
 		{"spike is cured by one GC", `memory: {limit: 200MiB, gc_percent: 99}
 inject: {spike_bytes: 160MiB, spike_at_item: 5000, slow_batch: 20ms}
 `, func(t *testing.T, s supervise.Summary) {
-			if s.GCRequests != 1 || s.Restarts.Total() != 0 {
-				t.Errorf("gc_requests %d, restarts %+v; want one GC request and no restart", s.GCRequests, s.Restarts)
+			if s.GCRequests > 1 || s.Restarts.Total() != 0 {
+				t.Errorf("gc_requests %d, restarts %+v; want at most one GC request and no restart", s.GCRequests, s.Restarts)
 			}
 		}},
 		{"crash resumes from the checkpoint", `inject: {crash_at_item: 5000, slow_batch: 5ms}

@@ -129,7 +129,10 @@ func TestRunnerCopiesFilesThroughKills(t *testing.T) {
 	}
 	out := runRunner(t, bin, jobPath, filepath.Join(dir, "final.log"))
 	t.Logf("final run: %s", out)
-	if !strings.Contains(out, "completed") || !strings.Contains(out, "failed 0") {
+	// The last kill can land after the job's final checkpoint; then the
+	// final run finds it complete and changes nothing.
+	finished := strings.Contains(out, "completed") && strings.Contains(out, "failed 0")
+	if !finished && !strings.Contains(out, "already completed") {
 		t.Errorf("final run: %q, want completed with no failures", out)
 	}
 	st := s.Stats()
