@@ -410,7 +410,7 @@ func drivePage(t *testing.T, chrome, base, dataRoot string, p *proc) {
 		t.Fatalf("start a migration from the page: %v", err)
 	}
 	running := waitPage(t, ctx, "progress arriving over SSE", 60*time.Second, func(j pageJob) bool {
-		return j.Status == "running" && j.ProgressEvents > 0 && j.Percent > 0 && j.ChartPoints > 0
+		return j.Status == "running" && j.ProgressEvents > 0 && j.Percent > 0 && j.ChartPoints > 0 && j.Pause
 	})
 	if !running.Pause || running.Resume || !running.Cancel {
 		t.Errorf("buttons while running: %+v, want pause and cancel", running)
@@ -420,7 +420,9 @@ func drivePage(t *testing.T, chrome, base, dataRoot string, p *proc) {
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#pause`))); err != nil {
 		t.Fatal(err)
 	}
-	paused := waitPage(t, ctx, "the job paused", 30*time.Second, func(j pageJob) bool { return j.Status == "paused" })
+	// The status can arrive over SSE before the pause request's own answer
+	// re-enables the buttons; a user sees Resume enabled a moment later.
+	paused := waitPage(t, ctx, "the job paused, with Resume enabled", 30*time.Second, func(j pageJob) bool { return j.Status == "paused" && j.Resume })
 	if paused.Pause || !paused.Resume || paused.Percent >= 100 {
 		t.Errorf("page while paused: %+v, want resume enabled and the job unfinished", paused)
 	}
@@ -464,7 +466,7 @@ func drivePage(t *testing.T, chrome, base, dataRoot string, p *proc) {
 		t.Fatal(err)
 	}
 	second := waitPage(t, ctx, "a second job running", 60*time.Second, func(j pageJob) bool {
-		return j.JobID != id && j.Status == "running" && j.ProgressEvents > 0
+		return j.JobID != id && j.Status == "running" && j.ProgressEvents > 0 && j.Cancel
 	})
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#cancel`))); err != nil {
 		t.Fatal(err)
