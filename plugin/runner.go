@@ -22,8 +22,8 @@ type Runner interface {
 	// partial batch, and a cache snapshot, and returns the checkpoint. It
 	// must return before deadline.
 	Drain(ctx context.Context, deadline time.Time) (Checkpoint, error)
-	// Cancel stops the job after the batch in flight, commits, and marks
-	// it cancelled.
+	// Cancel stops the job the way Drain does, commits, and marks it
+	// cancelled.
 	Cancel(ctx context.Context) error
 	// Watch streams events (progress, checkpoints, the end of the job)
 	// to fn until the job ends, ctx is done, or fn returns an error.

@@ -23,8 +23,8 @@ const runUsage = `usage: runner run JOB.yaml [flags]
 
 Runs the job in the foreground, unsupervised, until it completes. A job with
 a checkpoint resumes from it; a completed job is left as it is. SIGINT or
-SIGTERM finishes the batch in flight, commits it and exits 0, so running the
-same command again resumes.
+SIGTERM stops issuing writes, waits for those in flight, commits the done
+items and exits 0, so running the same command again resumes.
 
 Logs are JSON lines on stderr (readable text on a terminal). Progress is a
 bar on a terminal, and a log line every --progress-interval otherwise.
@@ -57,10 +57,19 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprint(fs.Output(), runUsage)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(reorder(args)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	// The flag package prints the usage itself on a parse error or a help
+	// flag; print it once, to stdout when it was asked for.
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(reorder(args))
+	fs.SetOutput(stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(stdout)
+		fs.Usage()
+		return nil
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "runner run: %v\n\n", err)
+		fs.Usage()
 		return exitError(2)
 	}
 	if fs.NArg() != 1 {

@@ -69,13 +69,19 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprint(fs.Output(), runUsage)
 		fs.PrintDefaults()
 	}
+	// The flag package prints the usage itself on a parse error or a help
+	// flag; print it once, to stdout when it was asked for.
+	fs.SetOutput(io.Discard)
 	pos, err := parseInterspersed(fs, args)
+	fs.SetOutput(stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(stdout)
 		fs.Usage()
 		return nil
 	}
 	if err != nil {
+		fmt.Fprintf(stderr, "supervisor run: %v\n\n", err)
+		fs.Usage()
 		return exitError(2)
 	}
 	if len(pos) != 1 {

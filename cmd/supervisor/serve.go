@@ -61,13 +61,19 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprint(fs.Output(), serveUsage)
 		fs.PrintDefaults()
 	}
+	// The flag package prints the usage itself on a parse error or a help
+	// flag; print it once, to stdout when it was asked for.
+	fs.SetOutput(io.Discard)
 	err := fs.Parse(args)
+	fs.SetOutput(stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(stdout)
 		fs.Usage()
 		return nil
 	}
 	if err != nil {
+		fmt.Fprintf(stderr, "supervisor serve: %v\n\n", err)
+		fs.Usage()
 		return exitError(2)
 	}
 	if fs.NArg() > 0 {

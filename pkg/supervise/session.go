@@ -623,7 +623,7 @@ func (ss *session) onControl() {
 	if cancel {
 		ss.f.cancel = true
 		if ss.f.drain == drainNone && !ss.cancelSent {
-			s.log.Info().Msg("cancelling the job after the batch in flight")
+			s.log.Info().Msg("cancelling the job: the runner stops issuing writes and commits")
 			ss.startCancel()
 		}
 	}

@@ -194,8 +194,8 @@ func (s *Supervisor) Pause(ctx context.Context) error {
 	return s.control(ctx, func() { s.pauseReq = true })
 }
 
-// Cancel stops the job after the batch in flight and returns once Run has
-// returned with status cancelled.
+// Cancel stops the job (the runner stops issuing writes and commits what
+// it wrote) and returns once Run has returned with status cancelled.
 func (s *Supervisor) Cancel(ctx context.Context) error {
 	return s.control(ctx, func() { s.cancelReq = true })
 }

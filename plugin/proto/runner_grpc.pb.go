@@ -50,10 +50,11 @@ type RunnerClient interface {
 	// GC runs runtime.GC and debug.FreeOSMemory and reports the figures
 	// before and after.
 	GC(ctx context.Context, in *GCRequest, opts ...grpc.CallOption) (*GCResponse, error)
-	// Drain finishes the batch in flight, commits the checkpoint and a cache
+	// Drain stops issuing writes, waits for the writes in flight, commits a
+	// checkpoint that records the done items of the partial batch and a cache
 	// snapshot, and returns the checkpoint.
 	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*Checkpoint, error)
-	// Cancel stops the job after the batch in flight.
+	// Cancel stops the job the way Drain does and marks it cancelled.
 	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
 	// Watch streams progress, checkpoints and the end of the job.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
@@ -176,10 +177,11 @@ type RunnerServer interface {
 	// GC runs runtime.GC and debug.FreeOSMemory and reports the figures
 	// before and after.
 	GC(context.Context, *GCRequest) (*GCResponse, error)
-	// Drain finishes the batch in flight, commits the checkpoint and a cache
+	// Drain stops issuing writes, waits for the writes in flight, commits a
+	// checkpoint that records the done items of the partial batch and a cache
 	// snapshot, and returns the checkpoint.
 	Drain(context.Context, *DrainRequest) (*Checkpoint, error)
-	// Cancel stops the job after the batch in flight.
+	// Cancel stops the job the way Drain does and marks it cancelled.
 	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
 	// Watch streams progress, checkpoints and the end of the job.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[Event]) error
