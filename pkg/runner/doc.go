@@ -19,7 +19,11 @@
 // job the way the Drain RPC does, and the job ends drained with the
 // reason "memory guard"; but first it waits for a collection in progress,
 // or collects if none was tried since usage was below the GC line, so a
-// spike that a collection frees costs no restart. GuardFor derives both
+// spike that a collection frees costs no restart. A leak does not wait
+// for the line: when usage has risen in each of the last five 100 ms
+// windows, and that climb would carry it across the drain line within
+// the time a drain takes, the guard drains at once (a spike fills in one
+// or two windows, so it still gets its collection). GuardFor derives both
 // lines from a budget and the job's memory policy, for the supervisor and
 // for `runner run` alike.
 //

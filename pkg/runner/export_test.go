@@ -2,6 +2,7 @@ package runner
 
 import (
 	"os"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -33,3 +34,44 @@ func (p GuardProbe) Close() {
 
 // Usage is one measurement, a pread of the open /proc/self/statm.
 func (p GuardProbe) Usage() uint64 { return p.g.usage() }
+
+// GuardSim drives the guard's decisions with made-up measurements and a
+// made-up clock: collections do not run, they only count, and stay in
+// progress until FinishGC.
+type GuardSim struct {
+	g           *guard
+	Collections int
+	Drains      int
+	DrainUsage  uint64
+	DrainClimb  float64
+}
+
+// NewGuardSim returns a simulated guard with lines l.
+func NewGuardSim(l plugin.Guard) *GuardSim {
+	s := &GuardSim{g: newGuard(zerolog.Nop())}
+	s.g.set(l)
+	s.g.startGC = func(uint64) {
+		s.g.armed = false
+		s.g.collecting.Store(true)
+		s.Collections++
+	}
+	s.g.drain = func(u, _ uint64, climb float64) {
+		s.Drains++
+		s.DrainUsage, s.DrainClimb = u, climb
+	}
+	return s
+}
+
+// Measure hands the guard usage measured at time at.
+func (s *GuardSim) Measure(at time.Duration, usage uint64) {
+	s.g.decide(time.Unix(1_000_000, 0).Add(at), usage)
+}
+
+// Collecting reports whether a collection is in progress.
+func (s *GuardSim) Collecting() bool { return s.g.collecting.Load() }
+
+// FinishGC ends the collection in progress.
+func (s *GuardSim) FinishGC() { s.g.collecting.Store(false) }
+
+// DrainLead is how long the guard expects a drain to take.
+const DrainLead = drainLead

@@ -416,14 +416,21 @@ func (h *Host) beginDrain(reason plugin.DrainReason) *batcher.Batcher {
 }
 
 // guardDrain is the guard's drain: the same path as the Drain RPC, with
-// its own reason.
-func (h *Host) guardDrain(usage, line uint64) {
+// its own reason. climb is the sustained climb, in bytes a second, that
+// made the guard drain before usage reached the line, or 0.
+func (h *Host) guardDrain(usage, line uint64, climb float64) {
 	b := h.beginDrain(plugin.DrainGuard)
 	if b == nil {
 		return
 	}
-	h.log.Warn().Str("reason", string(plugin.DrainGuard)).Float64("rssMB", memstat.MB(usage)).
-		Float64("drainLineMB", memstat.MB(line)).Msg("memory guard: usage crossed the drain line; draining")
+	ev := h.log.Warn().Str("reason", string(plugin.DrainGuard)).Float64("rssMB", memstat.MB(usage)).
+		Float64("drainLineMB", memstat.MB(line))
+	if climb > 0 {
+		ev.Msgf("memory guard: usage is climbing %.1f MiB/s and would cross the drain line before a drain could finish; draining",
+			climb/(1<<20))
+	} else {
+		ev.Msg("memory guard: usage crossed the drain line; draining")
+	}
 	b.Drain()
 }
 
