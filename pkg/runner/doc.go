@@ -19,11 +19,13 @@
 // job the way the Drain RPC does, and the job ends drained with the
 // reason "memory guard"; but first it waits for a collection in progress,
 // or collects if none was tried since usage was below the GC line, so a
-// spike that a collection frees costs no restart. A leak does not wait
-// for the line: when usage has risen in each of the last five 100 ms
-// windows, and that climb would carry it across the drain line within
-// the time a drain takes, the guard drains at once (a spike fills in one
-// or two windows, so it still gets its collection). GuardFor derives both
+// spike that a collection frees costs no restart. When usage climbs (the
+// median rise over the last five 100 ms windows: a leak), both lines are
+// compared with usage plus that climb over the time a drain takes
+// (250 ms), so the collection and then the drain start early enough
+// that the leak's climb during them stays under the kill line; the
+// order of the rules is the same, so a spike, however slowly it fills,
+// still gets the collection that frees it. GuardFor derives both
 // lines from a budget and the job's memory policy, for the supervisor and
 // for `runner run` alike.
 //

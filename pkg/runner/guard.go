@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -47,11 +48,11 @@ const (
 	// slow or stalled; docs/design.md asks for at most 25 ms.
 	guardTick = 10 * time.Millisecond
 
-	// climbWindow and climbWindows define a sustained climb: usage rose
-	// in each of climbWindows consecutive windows of climbWindow. A leak
-	// climbs in every window; a spike rises in one or two and then stays
-	// flat (a 160 MiB spike filled its pages in 40 to 150 ms here), and a
-	// collection that returns pages makes a window fall. Half a second of
+	// climbWindow and climbWindows define a sustained climb: the median
+	// rise over climbWindows consecutive windows of climbWindow. A leak
+	// climbs in every window, except one in which a collection returns
+	// some garbage; a spike rises in one or two and then stays flat (a
+	// 160 MiB spike filled its pages in 40 to 150 ms here). Half a second of
 	// history is short beside a leak's climb from a runner's start to its
 	// GC line (over a second at 80 MiB/s).
 	climbWindow  = 100 * time.Millisecond
@@ -199,7 +200,11 @@ func (g *guard) decide(now time.Time, u uint64) {
 	// MiB took two seconds), still gets the collection that frees it.
 	p := u + uint64(climb*drainLead.Seconds())
 	if p < line {
-		g.armed = true
+		// Under a climb, a collection that was tried is not tried again:
+		// it returned what garbage there was, and the climb went on.
+		if climb == 0 {
+			g.armed = true
+		}
 		return
 	}
 	if drainLine > 0 && p >= drainLine {
@@ -233,8 +238,11 @@ func (g *guard) decide(now time.Time, u uint64) {
 }
 
 // observe records usage u at now in the history and returns the
-// sustained climb in bytes a second: the slowest rise over the last
-// climbWindows windows, or 0 if usage did not rise in every one of them.
+// sustained climb in bytes a second: the median of the climbs over the
+// last climbWindows windows, or 0 if that is not a rise. The median holds
+// through a window or two that fell, as when the guard's own collection
+// returns a few MiB of garbage, and ignores the window or two in which a
+// spike fills.
 func (g *guard) observe(now time.Time, u uint64) float64 {
 	if n := len(g.marks); n == 0 || now.Sub(g.marks[n-1].at) >= climbWindow {
 		if n == climbWindows+1 {
@@ -246,18 +254,13 @@ func (g *guard) observe(now time.Time, u uint64) float64 {
 	if len(g.marks) < climbWindows+1 {
 		return 0
 	}
-	slowest := -1.0
+	var rates [climbWindows]float64
 	for i := 1; i < len(g.marks); i++ {
 		a, b := g.marks[i-1], g.marks[i]
-		if b.usage <= a.usage {
-			return 0
-		}
-		r := float64(b.usage-a.usage) / b.at.Sub(a.at).Seconds()
-		if slowest < 0 || r < slowest {
-			slowest = r
-		}
+		rates[i-1] = (float64(b.usage) - float64(a.usage)) / b.at.Sub(a.at).Seconds()
 	}
-	return slowest
+	slices.Sort(rates[:])
+	return max(0, rates[climbWindows/2])
 }
 
 // collect starts one collection in its own goroutine and has the guard

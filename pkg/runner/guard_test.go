@@ -56,14 +56,23 @@ func TestGuardDecisions(t *testing.T) {
 			usage: leak(80 * mib), gcTakes: 80 * time.Millisecond, wantDrain: true, wantClimb: true, peakPerSec: 80 * mib},
 		{name: "80 MiB/s leak with a slow collection drains once it has finished",
 			usage: leak(80 * mib), gcTakes: 150 * time.Millisecond, wantDrain: true, wantClimb: true, peakPerSec: 80 * mib},
+		{name: "80 MiB/s leak whose collection returns 5 MiB of garbage drains ahead of the lines",
+			usage: func(at time.Duration) uint64 {
+				u := leak(80 * mib)(at)
+				if u > 90*mib {
+					u -= 5 * mib
+				}
+				return u
+			},
+			gcTakes: 30 * time.Millisecond, wantDrain: true, wantClimb: true, peakPerSec: 80 * mib},
 		{name: "20 MiB/s leak drains ahead of the drain line",
 			usage: leak(20 * mib), gcTakes: 50 * time.Millisecond, wantDrain: true, wantClimb: true, peakPerSec: 20 * mib},
 		{name: "a leak that pauses now and then drains at the latest at the drain line",
 			usage: func(at time.Duration) uint64 {
-				// Flat for 100 ms in every 300: never a sustained climb.
-				n := at / (300 * time.Millisecond)
-				r := min(at%(300*time.Millisecond), 200*time.Millisecond)
-				return 20*mib + uint64(40*mib*(float64(n)*0.2+r.Seconds()))
+				// Flat for 300 ms in every 500: never a sustained climb.
+				n := at / (500 * time.Millisecond)
+				r := min(at%(500*time.Millisecond), 200*time.Millisecond)
+				return 20*mib + uint64(100*mib*(float64(n)*0.2+r.Seconds()))
 			},
 			gcTakes: 20 * time.Millisecond, wantDrain: true},
 		{name: "spike filled in 50 ms is freed by one collection: no drain",
