@@ -783,6 +783,10 @@ func (m *Manager) prune(cutoff time.Time) (int, error) {
 			continue
 		}
 		if err := m.remove(r); err != nil {
+			if errors.Is(err, registry.ErrNotFound) {
+				// In a fleet, another node pruned it first.
+				continue
+			}
 			return n, err
 		}
 		n++
@@ -804,7 +808,6 @@ func (m *Manager) persistProgress() {
 	}
 	m.mu.Unlock()
 	for id, s := range snaps {
-		m.notifyChanged(id)
 		_, _ = m.reg.Update(bg, id, func(r *registry.Record) error {
 			if r.Status != registry.StatusRunning {
 				return errSkip
@@ -815,6 +818,8 @@ func (m *Manager) persistProgress() {
 			}
 			return nil
 		})
+		// Other nodes' SSE clients of the job get the counts just written.
+		m.notifyChanged(id)
 	}
 }
 

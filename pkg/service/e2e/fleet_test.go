@@ -2,8 +2,10 @@ package e2e_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memvisor/memvisor/internal/benchfmt"
 	"github.com/memvisor/memvisor/pkg/pgtest"
 )
 
@@ -19,9 +22,14 @@ const fleetToken = "MEMVISOR_TOKEN=fleet-e2e-token-0123456789abcdef"
 
 // startNode starts one `supervisor serve` node of a fleet on db, with the
 // shared state dir every node of the fleet uses.
-func startNode(t *testing.T, db, state, node string) *proc {
+func startNode(t testing.TB, db, state, node string) *proc {
 	t.Helper()
-	return startSupervisor(t, state, fmt.Sprintf("postgres_url: %q\nnode_id: %s\nlease_ttl: 3s\n", db, node), fleetToken)
+	return startNodeTTL(t, db, state, node, "3s")
+}
+
+func startNodeTTL(t testing.TB, db, state, node, ttl string) *proc {
+	t.Helper()
+	return startSupervisor(t, state, fmt.Sprintf("postgres_url: %q\nnode_id: %s\nlease_ttl: %s\n", db, node, ttl), fleetToken)
 }
 
 type fleetView struct {
@@ -63,7 +71,7 @@ func (p *proc) fleetWait(id string, timeout time.Duration, cond func(fleetView) 
 }
 
 // runnerPID reads the pid of a job's runner from its state dir.
-func runnerPID(t *testing.T, state, id string) int {
+func runnerPID(t testing.TB, state, id string) int {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(state, "jobs", id, "runner.pid"))
 	if err != nil {
@@ -78,7 +86,7 @@ func runnerPID(t *testing.T, state, id string) int {
 
 // exactlyOnce checks that the jsonl target holds count distinct items,
 // none twice.
-func exactlyOnce(t *testing.T, target string, count int) {
+func exactlyOnce(t testing.TB, target string, count int) {
 	t.Helper()
 	f, err := os.Open(target)
 	if err != nil {
@@ -117,6 +125,22 @@ func exactlyOnce(t *testing.T, target string, count int) {
 // lease runs out, resumes it from its checkpoint, and completes it with
 // every item in the target exactly once.
 func TestFleetFailover(t *testing.T) {
+	d := failover(t, "3s")
+	t.Logf("failover: the job runs on node-b %.1fs after the kill (lease_ttl 3s)", d.Seconds())
+}
+
+// BenchmarkFleetFailover measures fleet_failover_s: from the SIGKILL of
+// the node running a job (serve and runner) to the job running on the
+// other node, with the default lease_ttl of 15s. It runs once; b.N is not
+// used.
+func BenchmarkFleetFailover(b *testing.B) {
+	d := failover(b, "15s")
+	benchfmt.Report(b, "fleet_failover_s", d.Seconds(), "s")
+}
+
+// failover is TestFleetFailover's scenario; it returns the time from the
+// kill of node a to the job running on node b.
+func failover(t testing.TB, ttl string) time.Duration {
 	db := pgtest.Start(t).NewDatabase(t)
 	shared := t.TempDir()
 	state := filepath.Join(shared, "state")
@@ -131,11 +155,11 @@ func TestFleetFailover(t *testing.T) {
 		"memory":     map[string]any{"limit": "512MiB"},
 		"inject":     map[string]any{"slow_batch": "40ms"},
 	}
-	a := startNode(t, db, state, "node-a")
+	a := startNodeTTL(t, db, state, "node-a", ttl)
 	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
 		t.Fatalf("create on a: %d %s", code, body)
 	}
-	b := startNode(t, db, state, "node-b")
+	b := startNodeTTL(t, db, state, "node-b", ttl)
 
 	// Any node answers for any job, and names the node running it.
 	v := b.fleetWait("fleet", 60*time.Second, func(v fleetView) bool {
@@ -158,11 +182,11 @@ func TestFleetFailover(t *testing.T) {
 	if err := a.stop(syscall.SIGKILL, 10*time.Second); err == nil {
 		t.Fatal("SIGKILL: node a exited cleanly")
 	}
-	v = b.fleetWait("fleet", 60*time.Second, func(v fleetView) bool { return v.Node == "node-b" || v.Status != "running" })
+	v = b.fleetWait("fleet", 90*time.Second, func(v fleetView) bool { return v.Node == "node-b" || v.Status != "running" })
+	took := time.Since(killed)
 	if v.Node != "node-b" {
 		t.Fatalf("after node a died: %+v, want the job on node-b", v)
 	}
-	t.Logf("failover: the job runs on node-b %.1fs after the kill (lease_ttl 3s)", time.Since(killed).Seconds())
 	v = b.fleetWait("fleet", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
 	if v.Status != "completed" || v.Progress.Processed != count || v.Runs < 2 {
 		t.Fatalf("after the failover: %+v, want completed, %d processed, 2 runs or more", v, count)
@@ -171,6 +195,7 @@ func TestFleetFailover(t *testing.T) {
 	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
 		t.Errorf("final stop: %v", err)
 	}
+	return took
 }
 
 // TestFleetStoppedNodeDoesNotWriteAfterWaking stops node a (serve and its
@@ -223,6 +248,95 @@ func TestFleetStoppedNodeDoesNotWriteAfterWaking(t *testing.T) {
 	exactlyOnce(t, target, count)
 	for _, p := range []*proc{a, b} {
 		if err := p.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+			t.Errorf("final stop: %v", err)
+		}
+	}
+}
+
+// sseKinds reads a job's event stream on p until it has seen want events
+// of kind, or until timeout, and returns how many it saw.
+func sseKinds(t *testing.T, p *proc, id, kind string, want int, timeout time.Duration) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", p.base+"/v1/jobs/"+id+"/events", nil)
+	req.Header.Set("Authorization", "Bearer "+p.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("events: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("events: %d", resp.StatusCode)
+	}
+	n := 0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() && n < want {
+		if sc.Text() == "event: "+kind {
+			n++
+		}
+	}
+	return n
+}
+
+// TestFleetRelaysRequestsAndEvents checks that a node that does not run a
+// job serves its event stream and relays pause and cancel to the node
+// that does.
+func TestFleetRelaysRequestsAndEvents(t *testing.T) {
+	db := pgtest.Start(t).NewDatabase(t)
+	shared := t.TempDir()
+	state := filepath.Join(shared, "state")
+	spec := map[string]any{
+		"id":         "relay",
+		"source":     map[string]any{"type": "synthetic", "count": 20000, "seed": 7},
+		"target":     map[string]any{"type": "jsonl", "path": filepath.Join(shared, "target.jsonl")},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 100,
+		"memory":     map[string]any{"limit": "512MiB"},
+		"inject":     map[string]any{"slow_batch": "40ms"},
+	}
+	nodes := map[string]*proc{"node-a": startNode(t, db, state, "node-a")}
+	if code, body := nodes["node-a"].do("POST", "/v1/jobs", spec); code != 201 {
+		t.Fatalf("create on a: %d %s", code, body)
+	}
+	nodes["node-b"] = startNode(t, db, state, "node-b")
+	other := func(node string) *proc {
+		if node == "node-a" {
+			return nodes["node-b"]
+		}
+		return nodes["node-a"]
+	}
+	running := func(v fleetView) bool { return v.Status == "running" && v.Node != "" && v.Progress.Processed > 0 }
+	v := nodes["node-b"].fleetWait("relay", 60*time.Second, running)
+	p := other(v.Node)
+
+	// Events of a job that runs elsewhere.
+	if n := sseKinds(t, p, "relay", "status", 2, 20*time.Second); n < 2 {
+		t.Errorf("event stream on the node that does not run the job: %d status events, want 2 or more", n)
+	}
+
+	// Pause, relayed to the owner.
+	code, body := p.do("POST", "/v1/jobs/relay/pause", nil)
+	if code != 200 || !strings.Contains(string(body), `"status":"paused"`) {
+		t.Fatalf("pause on the node that does not run the job: %d %s", code, body)
+	}
+	if v := nodes[v.Node].fleetGet("relay"); v.Status != "paused" {
+		t.Fatalf("on the owner after the relayed pause: %+v", v)
+	}
+	if code, body := p.do("POST", "/v1/jobs/relay/resume", nil); code != 200 {
+		t.Fatalf("resume: %d %s", code, body)
+	}
+
+	// Cancel, relayed to whichever node claimed it again.
+	v = p.fleetWait("relay", 60*time.Second, running)
+	p = other(v.Node)
+	code, body = p.do("POST", "/v1/jobs/relay/cancel", nil)
+	if code != 200 || !strings.Contains(string(body), `"status":"cancelled"`) {
+		t.Fatalf("cancel on the node that does not run the job: %d %s", code, body)
+	}
+	for _, n := range nodes {
+		if err := n.stop(syscall.SIGTERM, 30*time.Second); err != nil {
 			t.Errorf("final stop: %v", err)
 		}
 	}
