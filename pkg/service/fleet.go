@@ -308,6 +308,16 @@ func (m *Manager) fleetRunEnded(aj *activeJob, runErr error) bool {
 	}
 	if locked {
 		aj.log.Warn().Err(runErr).Msg("another node's supervisor still holds the job; giving the claim back")
+		if aj.claim.Fence() == nil {
+			// Nothing ran: the run fleetStarted counted is taken back.
+			_, _ = m.reg.Update(bg, aj.id, func(r *registry.Record) error {
+				if r.Status != registry.StatusRunning || r.Runs == 0 {
+					return errSkip
+				}
+				r.Runs--
+				return nil
+			})
+		}
 	}
 	m.mu.Lock()
 	delete(m.active, aj.id)

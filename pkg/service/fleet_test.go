@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service"
 	"github.com/memvisor/memvisor/pkg/service/registry/postgres"
 )
@@ -57,5 +58,41 @@ func TestConfigFleetKeys(t *testing.T) {
 		if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("%q: got %v, want an error naming %s", tc.yaml, err, tc.field)
 		}
+	}
+}
+
+// Jobs share a quota key when their Podio calls count against the same
+// user of the same API key, and only then; no secret goes into the key.
+func TestPodioPrincipal(t *testing.T) {
+	t.Setenv("FLEET_TEST_USER_A", "alice@example.com")
+	t.Setenv("FLEET_TEST_USER_B", "bob@example.com")
+	t.Setenv("FLEET_TEST_PASSWORD", "hunter2")
+	pw := func(userEnv string) job.Podio {
+		return job.Podio{AppID: 1, Auth: &job.PodioAuth{Flow: job.PodioFlowPassword, ClientID: "cli",
+			ClientSecretEnv: "FLEET_TEST_PASSWORD", UsernameEnv: userEnv, PasswordEnv: "FLEET_TEST_PASSWORD"}}
+	}
+	key := func(p job.Podio) string {
+		c, pr, err := service.PodioPrincipal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(c+pr, "hunter2") {
+			t.Fatalf("principal %q %q holds a secret", c, pr)
+		}
+		return postgres.QuotaKey(job.DefaultPodioAPIURL, c, pr)
+	}
+	a1, a2 := pw("FLEET_TEST_USER_A"), pw("FLEET_TEST_USER_A")
+	a2.AppID = 2 // another app, same user: the same quota
+	if key(a1) != key(a2) {
+		t.Error("two jobs of one user and client id have different quota keys")
+	}
+	if key(a1) == key(pw("FLEET_TEST_USER_B")) {
+		t.Error("two users share a quota key")
+	}
+	app := func(id int64) job.Podio {
+		return job.Podio{AppID: id, Auth: &job.PodioAuth{Flow: job.PodioFlowApp, ClientID: "cli", AppTokenEnv: "FLEET_TEST_PASSWORD"}}
+	}
+	if key(app(1)) == key(app(2)) || key(app(1)) != key(app(1)) {
+		t.Error("app-flow jobs: want one quota key per app")
 	}
 }

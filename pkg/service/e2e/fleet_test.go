@@ -125,8 +125,15 @@ func exactlyOnce(t testing.TB, target string, count int) {
 // lease runs out, resumes it from its checkpoint, and completes it with
 // every item in the target exactly once.
 func TestFleetFailover(t *testing.T) {
-	d := failover(t, "3s")
-	t.Logf("failover: the job runs on node-b %.1fs after the kill (lease_ttl 3s)", d.Seconds())
+	d := failover(t, "3s", 2)
+	t.Logf("failover: the job runs on the other node %.1fs after the kill (lease_ttl 3s)", d.Seconds())
+}
+
+// TestFleetFailoverThreeNodes is TestFleetFailover with three nodes: one of
+// the two that are left takes the job over.
+func TestFleetFailoverThreeNodes(t *testing.T) {
+	d := failover(t, "3s", 3)
+	t.Logf("failover: the job runs on another node %.1fs after the kill (lease_ttl 3s)", d.Seconds())
 }
 
 // BenchmarkFleetFailover measures fleet_failover_s: from the SIGKILL of
@@ -134,13 +141,13 @@ func TestFleetFailover(t *testing.T) {
 // other node, with the default lease_ttl of 15s. It runs once; b.N is not
 // used.
 func BenchmarkFleetFailover(b *testing.B) {
-	d := failover(b, "15s")
+	d := failover(b, "15s", 2)
 	benchfmt.Report(b, "fleet_failover_s", d.Seconds(), "s")
 }
 
-// failover is TestFleetFailover's scenario; it returns the time from the
-// kill of node a to the job running on node b.
-func failover(t testing.TB, ttl string) time.Duration {
+// failover is TestFleetFailover's scenario on n nodes; it returns the time
+// from the kill of the job's node to the job running on another node.
+func failover(t testing.TB, ttl string, n int) time.Duration {
 	db := pgtest.Start(t).NewDatabase(t)
 	shared := t.TempDir()
 	state := filepath.Join(shared, "state")
@@ -155,45 +162,69 @@ func failover(t testing.TB, ttl string) time.Duration {
 		"memory":     map[string]any{"limit": "512MiB"},
 		"inject":     map[string]any{"slow_batch": "40ms"},
 	}
-	a := startNodeTTL(t, db, state, "node-a", ttl)
-	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
-		t.Fatalf("create on a: %d %s", code, body)
+	nodes := map[string]*proc{}
+	names := []string{"node-a", "node-b", "node-c"}[:n]
+	for _, name := range names {
+		nodes[name] = startNodeTTL(t, db, state, name, ttl)
+		if name == "node-a" {
+			if code, body := nodes[name].do("POST", "/v1/jobs", spec); code != 201 {
+				t.Fatalf("create on a: %d %s", code, body)
+			}
+		}
 	}
-	b := startNodeTTL(t, db, state, "node-b", ttl)
 
 	// Any node answers for any job, and names the node running it.
-	v := b.fleetWait("fleet", 60*time.Second, func(v fleetView) bool {
+	v := nodes["node-b"].fleetWait("fleet", 60*time.Second, func(v fleetView) bool {
 		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 300)
 	})
-	if v.Status != "running" || v.Node != "node-a" {
-		t.Fatalf("on b: %+v, want running on node-a", v)
+	owner := nodes[v.Node]
+	if v.Status != "running" || owner == nil {
+		t.Fatalf("on b: %+v, want running on a node of the fleet", v)
 	}
-	if code, body := b.do("POST", "/v1/jobs", spec); code != 409 {
-		t.Fatalf("the same id posted to b: %d %s, want 409", code, body)
-	}
-	if code, body := b.do("GET", "/v1/jobs", nil); code != 200 || !strings.Contains(string(body), `"node":"node-a"`) {
-		t.Fatalf("list on b: %d %s", code, body)
+	for name, p := range nodes {
+		if name == v.Node {
+			continue
+		}
+		if w := p.fleetGet("fleet"); w.Node != v.Node {
+			t.Errorf("on %s: %+v, want node %s", name, w, v.Node)
+		}
+		if code, body := p.do("POST", "/v1/jobs", spec); code != 409 {
+			t.Fatalf("the same id posted to %s: %d %s, want 409", name, code, body)
+		}
+		if code, body := p.do("GET", "/v1/jobs", nil); code != 200 || !strings.Contains(string(body), `"node":"`+v.Node+`"`) {
+			t.Fatalf("list on %s: %d %s", name, code, body)
+		}
 	}
 
-	// Node a is lost: serve and its runner die at once.
+	// The job's node is lost: serve and its runner die at once.
+	dead := v.Node
+	delete(nodes, dead)
+	var survivor *proc
+	for _, p := range nodes {
+		survivor = p
+	}
 	runner := runnerPID(t, state, "fleet")
 	killed := time.Now()
 	_ = syscall.Kill(-runner, syscall.SIGKILL)
-	if err := a.stop(syscall.SIGKILL, 10*time.Second); err == nil {
-		t.Fatal("SIGKILL: node a exited cleanly")
+	if err := owner.stop(syscall.SIGKILL, 10*time.Second); err == nil {
+		t.Fatalf("SIGKILL: %s exited cleanly", dead)
 	}
-	v = b.fleetWait("fleet", 90*time.Second, func(v fleetView) bool { return v.Node == "node-b" || v.Status != "running" })
+	v = survivor.fleetWait("fleet", 90*time.Second, func(v fleetView) bool {
+		return (v.Node != "" && v.Node != dead) || v.Status != "running"
+	})
 	took := time.Since(killed)
-	if v.Node != "node-b" {
-		t.Fatalf("after node a died: %+v, want the job on node-b", v)
+	if nodes[v.Node] == nil {
+		t.Fatalf("after %s died: %+v, want the job on another node", dead, v)
 	}
-	v = b.fleetWait("fleet", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
-	if v.Status != "completed" || v.Progress.Processed != count || v.Runs < 2 {
-		t.Fatalf("after the failover: %+v, want completed, %d processed, 2 runs or more", v, count)
+	v = survivor.fleetWait("fleet", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
+		t.Fatalf("after the failover: %+v, want completed, %d processed, in 2 runs", v, count)
 	}
 	exactlyOnce(t, target, count)
-	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
-		t.Errorf("final stop: %v", err)
+	for _, p := range nodes {
+		if err := p.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+			t.Errorf("final stop: %v", err)
+		}
 	}
 	return took
 }
@@ -239,11 +270,16 @@ func TestFleetStoppedNodeDoesNotWriteAfterWaking(t *testing.T) {
 	_ = syscall.Kill(serve, syscall.SIGCONT)
 
 	v = b.fleetWait("paused-node", 180*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
-	if v.Status != "completed" || v.Progress.Processed != count {
-		t.Fatalf("after node a woke: %+v, want completed with %d processed\nnode a:\n%s", v, count, a.stderr.String())
+	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
+		t.Fatalf("after node a woke: %+v, want completed with %d processed in 2 runs\nnode a:\n%s", v, count, a.stderr.String())
 	}
 	if !strings.Contains(a.stderr.String(), "lost the job's lease") {
 		t.Errorf("node a did not report its lost lease:\n%s", a.stderr.String())
+	}
+	// While a slept, b claimed the job and found a's supervisor still
+	// holding its state dir: it gave the claim back and ran nothing.
+	if !strings.Contains(b.stderr.String(), "another node's supervisor still holds the job") {
+		t.Errorf("node b never met a's hold on the job:\n%s", b.stderr.String())
 	}
 	exactlyOnce(t, target, count)
 	for _, p := range []*proc{a, b} {
