@@ -873,6 +873,9 @@ func (m *Manager) heapProfile(ctx context.Context, id string) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
+		if node := m.owner(id); node != "" && m.fleet != nil && node != m.fleet.node {
+			return nil, &TransitionError{ID: id, Action: "profile", From: rec.Status, Hint: "it runs on node " + node + ": ask that node for its profile"}
+		}
 		return nil, &TransitionError{ID: id, Action: "profile", From: rec.Status, Hint: "only a running job has a runner to profile"}
 	}
 	return aj.sup.HeapProfile(ctx)

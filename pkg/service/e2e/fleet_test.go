@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/memvisor/memvisor/internal/benchfmt"
+	"github.com/memvisor/memvisor/internal/testbin"
 	"github.com/memvisor/memvisor/pkg/pgtest"
 )
 
@@ -352,6 +354,10 @@ func TestFleetRelaysRequestsAndEvents(t *testing.T) {
 		t.Errorf("event stream on the node that does not run the job: %d status events, want 2 or more", n)
 	}
 
+	if code, body := p.do("GET", "/v1/jobs/relay/heap-profile", nil); code != 409 || !strings.Contains(string(body), "runs on node "+v.Node) {
+		t.Errorf("heap profile on the node that does not run the job: %d %s, want 409 naming %s", code, body, v.Node)
+	}
+
 	// Pause, relayed to the owner.
 	code, body := p.do("POST", "/v1/jobs/relay/pause", nil)
 	if code != 200 || !strings.Contains(string(body), `"status":"paused"`) {
@@ -375,5 +381,111 @@ func TestFleetRelaysRequestsAndEvents(t *testing.T) {
 		if err := n.stop(syscall.SIGTERM, 30*time.Second); err != nil {
 			t.Errorf("final stop: %v", err)
 		}
+	}
+}
+
+// TestFleetFailoverPodioTarget is the SIGKILL failover with a Podio target
+// (bin/podio-emulator, reachable from every node) and a shared JSONL
+// source: the target app ends with each source item exactly once.
+func TestFleetFailoverPodioTarget(t *testing.T) {
+	db := pgtest.Start(t).NewDatabase(t)
+	shared := t.TempDir()
+	state := filepath.Join(shared, "state")
+	const count = 1500
+
+	// The emulator, seeded with a client and an empty target app.
+	seed := filepath.Join(shared, "seed.jsonl")
+	var sb strings.Builder
+	sb.WriteString(`{"kind":"client","client_id":"memvisor","client_secret":"fleet-secret"}` + "\n")
+	sb.WriteString(`{"kind":"app","app_id":30002,"app_token":"fleet-app-token","name":"Leads","fields":[` +
+		`{"external_id":"title","type":"text","label":"Title"},{"external_id":"email","type":"text","label":"Email"}]}` + "\n")
+	if err := os.WriteFile(seed, []byte(sb.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	source := filepath.Join(shared, "source.jsonl")
+	sb.Reset()
+	for i := 1; i <= count; i++ {
+		fmt.Fprintf(&sb, `{"item_id":%d,"fields":{"title":"Lead %d","email":"lead%d@example.com"}}`+"\n", i, i, i)
+	}
+	if err := os.WriteFile(source, []byte(sb.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	urlFile := filepath.Join(shared, "emulator.url")
+	emu := exec.Command(testbin.Path(t, "podio-emulator"), "--seed", seed, "--addr-file", urlFile, "--latency", "2ms")
+	emu.Stderr = &lockedBuffer{}
+	if err := emu.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = emu.Process.Kill(); _ = emu.Wait() })
+	var api string
+	for deadline := time.Now().Add(20 * time.Second); api == ""; time.Sleep(50 * time.Millisecond) {
+		if data, _ := os.ReadFile(urlFile); len(strings.TrimSpace(string(data))) > 0 {
+			api = strings.TrimSpace(string(data))
+		} else if time.Now().After(deadline) {
+			t.Fatal("the emulator wrote no address within 20s")
+		}
+	}
+
+	extra := fmt.Sprintf("postgres_url: %q\nlease_ttl: 3s\npodio_api_urls: [%s]\nallowed_credentials: [FLEET_PODIO_SECRET, FLEET_PODIO_APP_TOKEN]\n", db, api)
+	env := []string{fleetToken, "FLEET_PODIO_SECRET=fleet-secret", "FLEET_PODIO_APP_TOKEN=fleet-app-token"}
+	spec := map[string]any{
+		"id":     "podio",
+		"source": map[string]any{"type": "jsonl", "path": source},
+		"target": map[string]any{"type": "podio", "api_url": api, "app_id": 30002, "silent": true, "hook": false,
+			"auth": map[string]any{"flow": "app", "client_id": "memvisor", "client_secret_env": "FLEET_PODIO_SECRET", "app_token_env": "FLEET_PODIO_APP_TOKEN"}},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 50,
+		"memory":     map[string]any{"limit": "512MiB"},
+		"inject":     map[string]any{"slow_batch": "40ms"},
+	}
+	a := startSupervisor(t, state, extra+"node_id: node-a\n", env...)
+	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
+		t.Fatalf("create on a: %d %s", code, body)
+	}
+	b := startSupervisor(t, state, extra+"node_id: node-b\n", env...)
+	v := b.fleetWait("podio", 60*time.Second, func(v fleetView) bool {
+		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 200)
+	})
+	if v.Status != "running" || v.Node != "node-a" {
+		t.Fatalf("on b: %+v, want running on node-a", v)
+	}
+	_ = syscall.Kill(-runnerPID(t, state, "podio"), syscall.SIGKILL)
+	if err := a.stop(syscall.SIGKILL, 10*time.Second); err == nil {
+		t.Fatal("SIGKILL: node a exited cleanly")
+	}
+	v = b.fleetWait("podio", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	if v.Status != "completed" || v.Runs != 2 {
+		t.Fatalf("after the failover: %+v, want completed in 2 runs\n%s", v, b.stderr.String())
+	}
+
+	// The target app: each source item exactly once.
+	resp, err := http.Get(api + "/_emulator/dump?app_id=30002")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	seen := map[string]int{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var item struct {
+			ExternalID string `json:"external_id"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &item); err != nil {
+			t.Fatalf("dump line %q: %v", sc.Text(), err)
+		}
+		seen[item.ExternalID]++
+	}
+	dups := 0
+	for _, n := range seen {
+		if n > 1 {
+			dups++
+		}
+	}
+	if len(seen) != count || dups != 0 {
+		t.Errorf("target app holds %d distinct items (%d duplicated), want %d exactly once", len(seen), dups, count)
+	}
+	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+		t.Errorf("final stop: %v", err)
 	}
 }
