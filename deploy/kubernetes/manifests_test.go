@@ -79,6 +79,12 @@ func manifests(t *testing.T) (dep appsv1.Deployment, sec corev1.Secret, cm corev
 			strict(t, f, &svc)
 		case "v1 Namespace":
 			strict(t, f, &corev1.Namespace{})
+		case "v1 PersistentVolumeClaim":
+			var pvc corev1.PersistentVolumeClaim
+			strict(t, f, &pvc)
+			if !slices.Contains(pvc.Spec.AccessModes, corev1.ReadWriteMany) {
+				t.Errorf("%s: access modes %v; the state dir is shared by every replica: want ReadWriteMany", f, pvc.Spec.AccessModes)
+			}
 		case "policy/v1 PodDisruptionBudget":
 			var pdb policyv1.PodDisruptionBudget
 			strict(t, f, &pdb)
@@ -180,6 +186,11 @@ func TestManifests(t *testing.T) {
 	}
 	if !strings.HasPrefix(mountOf(t, c, "state").MountPath, cfg.StateDir) {
 		t.Errorf("state_dir %s is not a mounted volume (the root filesystem is read-only)", cfg.StateDir)
+	}
+	for _, v := range pod.Volumes {
+		if v.Name == "state" && v.PersistentVolumeClaim == nil {
+			t.Errorf("volume state is not a PersistentVolumeClaim: jobs' checkpoints are files in state_dir, shared by every replica")
+		}
 	}
 
 	// The PostgreSQL URL comes from the Secret, never from the ConfigMap.

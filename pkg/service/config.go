@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/memvisor/memvisor/pkg/job"
+	"github.com/memvisor/memvisor/pkg/service/registry/postgres"
 )
 
 // Config is the service's configuration file (deploy/config.yaml is an
@@ -60,6 +61,12 @@ type Config struct {
 	// AllowedHosts are Host header values accepted beside the loopback
 	// names, for a deployment behind a proxy.
 	AllowedHosts []string `json:"allowed_hosts"`
+
+	// Fleet holds postgres_url, node_id, lease_ttl and podio_quota_shares,
+	// at the top level of the file. Without postgres_url the service keeps
+	// its jobs in bbolt in state_dir, as a single host (docs/design.md,
+	// "Growing past one host").
+	postgres.Fleet
 
 	// token is the bearer token, from auth.token_file or MEMVISOR_TOKEN.
 	// It is never marshalled.
@@ -132,6 +139,7 @@ func Default() Config {
 		Log:               LogConfig{Level: "info", Format: "auto"},
 		ShutdownTimeout:   job.Duration(60 * time.Second),
 		PodioAPIURLs:      []string{job.DefaultPodioAPIURL},
+		Fleet:             postgres.DefaultFleet(),
 	}
 }
 
@@ -211,6 +219,12 @@ func (c *Config) applyEnv(getenv func(string) string) {
 	c.Auth.TokenFile = x(c.Auth.TokenFile)
 	if strings.HasPrefix(c.Listen, "unix:") {
 		c.Listen = "unix:" + x(strings.TrimPrefix(c.Listen, "unix:"))
+	}
+	// node_id defaults to the host name only in a fleet: a single host
+	// never needs it, and a long host name must not fail its config.
+	c.Fleet.ApplyEnv(getenv, nil)
+	if c.Fleet.Enabled() {
+		c.Fleet.ApplyEnv(getenv, postgres.Hostname)
 	}
 }
 
@@ -412,6 +426,7 @@ func (c Config) Validate() error {
 	if c.RunnerPath != "" && !filepath.IsAbs(c.RunnerPath) {
 		v.Add("runner_path", "must be an absolute path (got %q)", c.RunnerPath)
 	}
+	v = append(v, c.Fleet.Validate()...)
 	if len(v) > 0 {
 		return &ConfigError{Fields: v}
 	}

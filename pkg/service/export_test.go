@@ -25,3 +25,6 @@ const (
 	IntentPause  = intentPause
 	IntentCancel = intentCancel
 )
+
+// PodioPrincipal names the Podio identity behind a job's credentials.
+var PodioPrincipal = podioPrincipal

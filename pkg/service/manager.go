@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -19,6 +20,7 @@ import (
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service/confine"
 	"github.com/memvisor/memvisor/pkg/service/registry"
+	"github.com/memvisor/memvisor/pkg/service/registry/postgres"
 	"github.com/memvisor/memvisor/pkg/supervise"
 )
 
@@ -74,6 +76,8 @@ type Manager struct {
 	mask      bool
 	metrics   *metrics
 	policy    *confine.Policy
+	// fleet is nil on a single host.
+	fleet *fleet
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -118,6 +122,14 @@ type activeJob struct {
 	level  Level
 	// quiet: the Supervisor logs its memory events itself.
 	quiet bool
+	// In a fleet: the job's leases, their renewal, and whether one was
+	// lost (the run's outcome is then not this node's to record).
+	claim  *postgres.Claim
+	keeper *postgres.Keeper
+	lost   atomic.Bool
+	// ran is closed when the supervisor's Run has returned, before the
+	// leases are released.
+	ran chan struct{}
 }
 
 func newManager(cfg Config, reg Registry, policy *confine.Policy, factory Factory, log zerolog.Logger, now func() time.Time, m *metrics) *Manager {
@@ -138,6 +150,15 @@ func newManager(cfg Config, reg Registry, policy *confine.Policy, factory Factor
 // recover requeues the jobs that were running when the last process
 // stopped, so that they resume, and starts what fits.
 func (m *Manager) recover() error {
+	if m.fleet != nil {
+		// A fleet's running jobs are leased: a job of a node that died
+		// is claimed again once its lease runs out.
+		if err := m.listenFleet(); err != nil {
+			return err
+		}
+		m.schedule()
+		return nil
+	}
 	recs, err := allJobs(bg, m.reg, registry.StatusRunning)
 	if err != nil {
 		return fmt.Errorf("list running jobs: %w", err)
@@ -300,6 +321,10 @@ func pairKey(s job.Spec, srcID, tgtID string) string {
 func (m *Manager) schedule() {
 	m.schedMu.Lock()
 	defer m.schedMu.Unlock()
+	if m.fleet != nil {
+		m.scheduleFleet()
+		return
+	}
 	for m.reserveSlot() {
 		p, err := m.reg.List(bg, registry.ListOptions{Statuses: []registry.Status{registry.StatusQueued}, Limit: 1})
 		if err != nil || len(p.Jobs) == 0 {
@@ -309,7 +334,7 @@ func (m *Manager) schedule() {
 			}
 			return
 		}
-		m.start(p.Jobs[0])
+		m.start(p.Jobs[0], nil)
 	}
 }
 
@@ -330,11 +355,18 @@ func (m *Manager) releaseSlot() {
 	m.mu.Unlock()
 }
 
-// start starts a queued job in a reserved slot, and releases the slot.
-func (m *Manager) start(rec registry.Record) {
+// start starts a queued job in a reserved slot, and releases the slot. In
+// a fleet, claim is the job's claim: Claim has marked it running.
+func (m *Manager) start(rec registry.Record, claim *postgres.Claim) {
 	log := m.log.With().Str(keyJob, rec.ID).Logger()
+	release := func() {
+		if claim != nil {
+			m.releaseClaim(&activeJob{claim: claim, log: log})
+		}
+	}
 	fail := func(err error) {
 		log.Error().Err(err).Msg("job cannot start")
+		defer release()
 		if _, uerr := m.apply(rec.ID, facts{Action: actStartFailed, Err: err}); uerr != nil {
 			log.Error().Err(uerr).Msg("record job failure")
 		}
@@ -349,7 +381,7 @@ func (m *Manager) start(rec registry.Record) {
 		fail(fmt.Errorf("decode stored job spec: %w", err))
 		return
 	}
-	aj := &activeJob{id: rec.ID, done: make(chan struct{}), log: log, level: LevelOK}
+	aj := &activeJob{id: rec.ID, done: make(chan struct{}), ran: make(chan struct{}), log: log, level: LevelOK}
 	m.mu.Lock()
 	h := m.hubLocked(rec.ID)
 	m.mu.Unlock()
@@ -359,13 +391,19 @@ func (m *Manager) start(rec registry.Record) {
 		fail(fmt.Errorf("create supervisor: %w", err))
 		return
 	}
-	updated, err := m.apply(rec.ID, facts{Action: actStart}, func(r *registry.Record, _ decision) {
-		if r.Started.IsZero() {
-			r.Started = r.Updated
-		}
-		r.Runs++
-	})
+	var updated registry.Record
+	if claim != nil {
+		updated, err = m.fleetStarted(rec.ID)
+	} else {
+		updated, err = m.apply(rec.ID, facts{Action: actStart}, func(r *registry.Record, _ decision) {
+			if r.Started.IsZero() {
+				r.Started = r.Updated
+			}
+			r.Runs++
+		})
+	}
 	if err != nil {
+		release()
 		// Paused or cancelled since it was listed, or deleted.
 		if !errors.Is(err, ErrConflict) && !errors.Is(err, registry.ErrNotFound) {
 			log.Error().Err(err).Msg("record job start")
@@ -374,7 +412,7 @@ func (m *Manager) start(rec registry.Record) {
 		return
 	}
 	ctx, cancel := context.WithCancel(m.ctx)
-	aj.sup, aj.cancel = sup, cancel
+	aj.sup, aj.cancel, aj.claim = sup, cancel, claim
 	if q, ok := sup.(interface{ logsMemoryEvents() bool }); ok {
 		aj.quiet = q.logsMemoryEvents()
 	}
@@ -385,12 +423,20 @@ func (m *Manager) start(rec registry.Record) {
 	m.mu.Unlock()
 	log.Info().Int("run", updated.Runs).Bool("retry_failed", updated.RetryFailed).Msg("job started")
 	mode := StartMode{Resume: true, RetryFailed: updated.RetryFailed}
+	if claim != nil {
+		m.keepClaim(aj)
+		m.notifyChanged(rec.ID)
+	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		defer close(aj.done)
 		out, err := sup.Run(ctx, mode)
+		close(aj.ran)
 		cancel()
+		if claim != nil && m.fleetRunEnded(aj, err) {
+			return
+		}
 		m.finish(aj, out, err)
 	}()
 }
@@ -447,6 +493,11 @@ func (m *Manager) finish(aj *activeJob, out Outcome, runErr error) {
 	}
 	m.publishViewLocked(aj.id, kind)
 	m.mu.Unlock()
+	if aj.claim != nil {
+		// After the outcome is recorded: the next owner sees it.
+		m.releaseClaim(aj)
+		m.notifyChanged(aj.id)
+	}
 	m.schedule()
 }
 
@@ -541,11 +592,17 @@ func (m *Manager) view(rec registry.Record) JobView {
 	m.mu.Lock()
 	aj, ok := m.active[rec.ID]
 	m.mu.Unlock()
+	var v JobView
 	if ok && rec.Status == registry.StatusRunning {
 		s := aj.sup.Snapshot()
-		return m.viewOf(rec, &s)
+		v = m.viewOf(rec, &s)
+	} else {
+		v = m.viewOf(rec, nil)
 	}
-	return m.viewOf(rec, nil)
+	if rec.Status == registry.StatusRunning {
+		v.Node = m.owner(rec.ID)
+	}
+	return v
 }
 
 // List returns a page of jobs.
@@ -610,6 +667,12 @@ func (m *Manager) stop(ctx context.Context, id string, in intent) (JobView, erro
 		return m.Get(id)
 	}
 	m.mu.Unlock()
+	if m.fleet != nil {
+		if node := m.owner(id); node != "" && node != m.fleet.node {
+			m.opMu.Unlock()
+			return m.relayStop(ctx, id, node, in)
+		}
+	}
 	defer m.opMu.Unlock()
 	rec, err := m.apply(id, facts{Action: act})
 	if err != nil {
@@ -720,6 +783,10 @@ func (m *Manager) prune(cutoff time.Time) (int, error) {
 			continue
 		}
 		if err := m.remove(r); err != nil {
+			if errors.Is(err, registry.ErrNotFound) {
+				// In a fleet, another node pruned it first.
+				continue
+			}
 			return n, err
 		}
 		n++
@@ -733,6 +800,10 @@ func (m *Manager) persistProgress() {
 	m.mu.Lock()
 	snaps := make(map[string]supervise.Status, len(m.active))
 	for id, aj := range m.active {
+		if aj.claim != nil && aj.claim.Fence() != nil {
+			// Another node may own the job now.
+			continue
+		}
 		snaps[id] = aj.sup.Snapshot()
 	}
 	m.mu.Unlock()
@@ -747,6 +818,8 @@ func (m *Manager) persistProgress() {
 			}
 			return nil
 		})
+		// Other nodes' SSE clients of the job get the counts just written.
+		m.notifyChanged(id)
 	}
 }
 
@@ -800,6 +873,9 @@ func (m *Manager) heapProfile(ctx context.Context, id string) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
+		if node := m.owner(id); node != "" && m.fleet != nil && node != m.fleet.node {
+			return nil, &TransitionError{ID: id, Action: "profile", From: rec.Status, Hint: "it runs on node " + node + ": ask that node for its profile"}
+		}
 		return nil, &TransitionError{ID: id, Action: "profile", From: rec.Status, Hint: "only a running job has a runner to profile"}
 	}
 	return aj.sup.HeapProfile(ctx)
@@ -841,7 +917,7 @@ func (m *Manager) close(ctx context.Context, extend func()) error {
 	}
 	m.cancel()
 	done := make(chan struct{})
-	go func() { m.wg.Wait(); close(done) }()
+	go func() { m.wg.Wait(); m.closeFleet(); close(done) }()
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	if extend != nil {

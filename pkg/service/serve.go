@@ -18,6 +18,7 @@ import (
 	"github.com/memvisor/memvisor/internal/version"
 	"github.com/memvisor/memvisor/pkg/service/confine"
 	"github.com/memvisor/memvisor/pkg/service/registry"
+	"github.com/memvisor/memvisor/pkg/service/registry/postgres"
 	"github.com/memvisor/memvisor/pkg/supervise"
 )
 
@@ -146,6 +147,17 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 		log.Info().Str("token_file", tokenPath).Msg("API token from the state directory")
 	}
 	reg := o.reg
+	var fleetStore *postgres.Store
+	if reg == nil && cfg.Fleet.Enabled() {
+		fleetStore, err = openFleet(ctx, cfg, log)
+		if err != nil {
+			return err
+		}
+		defer fleetStore.Close()
+		reg = fleetStore
+		log.Info().Str("node_id", cfg.Fleet.NodeID).Dur("lease_ttl", cfg.Fleet.LeaseTTL.D()).Str("state_dir", cfg.StateDir).
+			Msg("fleet mode: jobs, queue and leases in PostgreSQL; state_dir and allowed_roots must be the same shared storage on every node")
+	}
 	if reg == nil {
 		db, err := registry.Open(cfg.registryPath(), 2*time.Second)
 		if err != nil {
@@ -162,6 +174,9 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 	var mgr *Manager
 	mt := newMetrics(promReg, func() map[string]supervise.Status { return mgr.activeSnapshots() })
 	mgr = newManager(cfg, reg, policy, o.factory, log, o.now, mt)
+	if fleetStore != nil {
+		mgr.fleet = &fleet{store: fleetStore, node: fleetStore.Node()}
+	}
 
 	ln := o.listener
 	if ln == nil {
@@ -242,6 +257,10 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 				}
 			}
 			mgr.persistProgress()
+			if mgr.fleet != nil {
+				// Jobs posted to other nodes, and jobs whose node died.
+				mgr.schedule()
+			}
 			select {
 			case <-loopCtx.Done():
 				return nil

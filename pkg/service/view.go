@@ -31,7 +31,9 @@ type JobView struct {
 	Cache            CacheView         `json:"cache"`
 	Runs             int               `json:"runs"`
 	LastError        string            `json:"last_error,omitempty"`
-	Timestamps       TimestampsView    `json:"timestamps"`
+	// Node is, in a fleet, the node whose live lease runs the job.
+	Node       string         `json:"node,omitempty"`
+	Timestamps TimestampsView `json:"timestamps"`
 }
 
 // EndpointView names a source or target without its credentials.

@@ -93,27 +93,16 @@
 // notices sent while it was away are lost, it then delivers a resync
 // notice, and its reader re-reads the tables.
 //
-// # Use in serve (not wired yet)
+// # Use in serve
 //
-// With postgres_url set, serve would:
+// With postgres_url set, serve (pkg/service) opens a Store as its
+// registry, loops on Claim while it has a free runner slot, Keeps the
+// claim's leases, kills the job's runner once Claim.Fence fails, and
+// Releases the claim once the runner has stopped. It shows Owner as a
+// job's node and relays pause, cancel and job changes with Notify and
+// Listen. Checkpoints and failure logs stay files in the job's directory
+// on a state_dir shared by the nodes: SaveCheckpoint, LoadCheckpoint and
+// the failed_items functions are not used by serve yet.
 //
-//   - parse Fleet (embedded in its Config, so the keys sit at the top
-//     level), call ApplyEnv and Validate;
-//   - Open(ctx, url, fleet.Options() plus QuotaKeys: PodioQuotaKeys with
-//     the service's credential resolver) in place of the bbolt
-//     registry (migrations run there);
-//   - loop on Claim while it has a free runner slot, Keep the claim's
-//     leases, hand Claim.Fence to the runner's writer to call before each
-//     target write, save checkpoints with SaveCheckpoint and resume from
-//     LoadCheckpoint, and Release the claim once the runner has stopped;
-//   - record failures with AppendFailed (fenced like checkpoints), cut the
-//     log back with TruncateFailed(Stored.Failed) before a resume, and page
-//     it with FailedItems for the API and retry-failed;
-//   - stop the runner at once when a lease's Lost channel closes;
-//   - show Owner as a job's node, and relay pause, cancel and events with
-//     Notify and Listen.
-//
-// ErrQueueFull stands in for registry.ErrQueueFull, which the registry
-// package of this tree does not declare; where it does, ErrQueueFull is
-// to be defined as that error.
+// ErrQueueFull is registry.ErrQueueFull.
 package postgres

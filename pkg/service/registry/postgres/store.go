@@ -114,9 +114,8 @@ func (s *Store) LeaseTTL() time.Duration { return s.ttl }
 const activeStatuses = "('queued', 'running', 'paused')"
 
 // ErrQueueFull is returned by Create when maxQueued jobs are queued
-// already. It stands for registry.ErrQueueFull, which this tree's registry
-// package does not declare yet; see the wiring notes in doc.go.
-var ErrQueueFull = errors.New("the job queue is full")
+// already: registry.ErrQueueFull, which the API answers with 429.
+var ErrQueueFull = registry.ErrQueueFull
 
 // queueLock is the advisory lock key that makes Create's queue bound and
 // its insert one step across nodes ("mvqueue" in ASCII).

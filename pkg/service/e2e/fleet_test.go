@@ -1,0 +1,491 @@
+package e2e_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/memvisor/memvisor/internal/benchfmt"
+	"github.com/memvisor/memvisor/internal/testbin"
+	"github.com/memvisor/memvisor/pkg/pgtest"
+)
+
+const fleetToken = "MEMVISOR_TOKEN=fleet-e2e-token-0123456789abcdef"
+
+// startNode starts one `supervisor serve` node of a fleet on db, with the
+// shared state dir every node of the fleet uses.
+func startNode(t testing.TB, db, state, node string) *proc {
+	t.Helper()
+	return startNodeTTL(t, db, state, node, "3s")
+}
+
+func startNodeTTL(t testing.TB, db, state, node, ttl string) *proc {
+	t.Helper()
+	return startSupervisor(t, state, fmt.Sprintf("postgres_url: %q\nnode_id: %s\nlease_ttl: %s\n", db, node, ttl), fleetToken)
+}
+
+type fleetView struct {
+	ID       string `json:"id"`
+	Status   string `json:"status"`
+	Node     string `json:"node"`
+	Runs     int    `json:"runs"`
+	Progress struct {
+		Processed int64 `json:"processed"`
+	} `json:"progress"`
+}
+
+func (p *proc) fleetGet(id string) fleetView {
+	p.t.Helper()
+	code, body := p.do("GET", "/v1/jobs/"+id, nil)
+	if code != 200 {
+		p.t.Fatalf("GET %s: %d %s", id, code, body)
+	}
+	var v fleetView
+	if err := json.Unmarshal(body, &v); err != nil {
+		p.t.Fatal(err)
+	}
+	return v
+}
+
+func (p *proc) fleetWait(id string, timeout time.Duration, cond func(fleetView) bool) fleetView {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		v := p.fleetGet(id)
+		if cond(v) {
+			return v
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("job %s: %+v after %s\n%s", id, v, timeout, p.stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// runnerPID reads the pid of a job's runner from its state dir.
+func runnerPID(t testing.TB, state, id string) int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(state, "jobs", id, "runner.pid"))
+	if err != nil {
+		t.Fatalf("read runner.pid: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.Fields(string(data))[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// exactlyOnce checks that the jsonl target holds count distinct items,
+// none twice.
+func exactlyOnce(t testing.TB, target string, count int) {
+	t.Helper()
+	f, err := os.Open(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	seen := map[string]int{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var line struct {
+			ExternalID string `json:"external_id"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			t.Fatalf("target line %q: %v", sc.Text(), err)
+		}
+		if line.ExternalID != "" {
+			seen[line.ExternalID]++
+		}
+	}
+	dups := 0
+	for _, n := range seen {
+		if n > 1 {
+			dups++
+		}
+	}
+	if len(seen) != count || dups != 0 {
+		t.Errorf("target holds %d distinct items (%d duplicated), want %d exactly once", len(seen), dups, count)
+	}
+}
+
+// TestFleetFailover runs two real serve nodes on one real PostgreSQL and
+// one shared state dir. A job posted to node a is seen on node b with its
+// node; the same id posted to b is refused; then node a is lost as a host
+// is (serve and its runner SIGKILLed), and b takes the job over once the
+// lease runs out, resumes it from its checkpoint, and completes it with
+// every item in the target exactly once.
+func TestFleetFailover(t *testing.T) {
+	d := failover(t, "3s", 2)
+	t.Logf("failover: the job runs on the other node %.1fs after the kill (lease_ttl 3s)", d.Seconds())
+}
+
+// TestFleetFailoverThreeNodes is TestFleetFailover with three nodes: one of
+// the two that are left takes the job over.
+func TestFleetFailoverThreeNodes(t *testing.T) {
+	d := failover(t, "3s", 3)
+	t.Logf("failover: the job runs on another node %.1fs after the kill (lease_ttl 3s)", d.Seconds())
+}
+
+// BenchmarkFleetFailover measures fleet_failover_s: from the SIGKILL of
+// the node running a job (serve and runner) to the job running on the
+// other node, with the default lease_ttl of 15s. It runs once; b.N is not
+// used.
+func BenchmarkFleetFailover(b *testing.B) {
+	d := failover(b, "15s", 2)
+	benchfmt.Report(b, "fleet_failover_s", d.Seconds(), "s")
+}
+
+// failover is TestFleetFailover's scenario on n nodes; it returns the time
+// from the kill of the job's node to the job running on another node.
+func failover(t testing.TB, ttl string, n int) time.Duration {
+	db := pgtest.Start(t).NewDatabase(t)
+	shared := t.TempDir()
+	state := filepath.Join(shared, "state")
+	target := filepath.Join(shared, "target.jsonl")
+	const count = 4000
+	spec := map[string]any{
+		"id":         "fleet",
+		"source":     map[string]any{"type": "synthetic", "count": count, "seed": 5},
+		"target":     map[string]any{"type": "jsonl", "path": target},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 100,
+		"memory":     map[string]any{"limit": "512MiB"},
+		"inject":     map[string]any{"slow_batch": "40ms"},
+	}
+	nodes := map[string]*proc{}
+	names := []string{"node-a", "node-b", "node-c"}[:n]
+	for _, name := range names {
+		nodes[name] = startNodeTTL(t, db, state, name, ttl)
+		if name == "node-a" {
+			if code, body := nodes[name].do("POST", "/v1/jobs", spec); code != 201 {
+				t.Fatalf("create on a: %d %s", code, body)
+			}
+		}
+	}
+
+	// Any node answers for any job, and names the node running it.
+	v := nodes["node-b"].fleetWait("fleet", 60*time.Second, func(v fleetView) bool {
+		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 300)
+	})
+	owner := nodes[v.Node]
+	if v.Status != "running" || owner == nil {
+		t.Fatalf("on b: %+v, want running on a node of the fleet", v)
+	}
+	for name, p := range nodes {
+		if name == v.Node {
+			continue
+		}
+		if w := p.fleetGet("fleet"); w.Node != v.Node {
+			t.Errorf("on %s: %+v, want node %s", name, w, v.Node)
+		}
+		if code, body := p.do("POST", "/v1/jobs", spec); code != 409 {
+			t.Fatalf("the same id posted to %s: %d %s, want 409", name, code, body)
+		}
+		if code, body := p.do("GET", "/v1/jobs", nil); code != 200 || !strings.Contains(string(body), `"node":"`+v.Node+`"`) {
+			t.Fatalf("list on %s: %d %s", name, code, body)
+		}
+	}
+
+	// The job's node is lost: serve and its runner die at once.
+	dead := v.Node
+	delete(nodes, dead)
+	var survivor *proc
+	for _, p := range nodes {
+		survivor = p
+	}
+	runner := runnerPID(t, state, "fleet")
+	killed := time.Now()
+	_ = syscall.Kill(-runner, syscall.SIGKILL)
+	if err := owner.stop(syscall.SIGKILL, 10*time.Second); err == nil {
+		t.Fatalf("SIGKILL: %s exited cleanly", dead)
+	}
+	v = survivor.fleetWait("fleet", 90*time.Second, func(v fleetView) bool {
+		return (v.Node != "" && v.Node != dead) || v.Status != "running"
+	})
+	took := time.Since(killed)
+	if nodes[v.Node] == nil {
+		t.Fatalf("after %s died: %+v, want the job on another node", dead, v)
+	}
+	v = survivor.fleetWait("fleet", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
+		t.Fatalf("after the failover: %+v, want completed, %d processed, in 2 runs", v, count)
+	}
+	exactlyOnce(t, target, count)
+	for _, p := range nodes {
+		if err := p.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+			t.Errorf("final stop: %v", err)
+		}
+	}
+	return took
+}
+
+// TestFleetStoppedNodeDoesNotWriteAfterWaking stops node a (serve and its
+// runner, SIGSTOP) for longer than lease_ttl, then wakes it. Node b must
+// not write while a's supervisor still holds the job's state dir, and a
+// must kill its runner when it finds its lease lost, before any more
+// writes count: the job completes on b with every item exactly once.
+func TestFleetStoppedNodeDoesNotWriteAfterWaking(t *testing.T) {
+	db := pgtest.Start(t).NewDatabase(t)
+	shared := t.TempDir()
+	state := filepath.Join(shared, "state")
+	target := filepath.Join(shared, "target.jsonl")
+	const count = 4000
+	spec := map[string]any{
+		"id":         "paused-node",
+		"source":     map[string]any{"type": "synthetic", "count": count, "seed": 6},
+		"target":     map[string]any{"type": "jsonl", "path": target},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 100,
+		"memory":     map[string]any{"limit": "512MiB"},
+		"inject":     map[string]any{"slow_batch": "40ms"},
+	}
+	a := startNode(t, db, state, "node-a")
+	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
+		t.Fatalf("create on a: %d %s", code, body)
+	}
+	b := startNode(t, db, state, "node-b")
+	v := b.fleetWait("paused-node", 60*time.Second, func(v fleetView) bool {
+		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 300)
+	})
+	if v.Status != "running" || v.Node != "node-a" {
+		t.Fatalf("on b: %+v, want running on node-a", v)
+	}
+
+	runner := runnerPID(t, state, "paused-node")
+	serve := a.cmd.Process.Pid
+	_ = syscall.Kill(-runner, syscall.SIGSTOP)
+	_ = syscall.Kill(serve, syscall.SIGSTOP)
+	time.Sleep(7 * time.Second) // more than twice lease_ttl
+	_ = syscall.Kill(-runner, syscall.SIGCONT)
+	_ = syscall.Kill(serve, syscall.SIGCONT)
+
+	v = b.fleetWait("paused-node", 180*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
+		t.Fatalf("after node a woke: %+v, want completed with %d processed in 2 runs\nnode a:\n%s", v, count, a.stderr.String())
+	}
+	if !strings.Contains(a.stderr.String(), "lost the job's lease") {
+		t.Errorf("node a did not report its lost lease:\n%s", a.stderr.String())
+	}
+	// While a slept, b claimed the job and found a's supervisor still
+	// holding its state dir: it gave the claim back and ran nothing.
+	if !strings.Contains(b.stderr.String(), "another node's supervisor still holds the job") {
+		t.Errorf("node b never met a's hold on the job:\n%s", b.stderr.String())
+	}
+	exactlyOnce(t, target, count)
+	for _, p := range []*proc{a, b} {
+		if err := p.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+			t.Errorf("final stop: %v", err)
+		}
+	}
+}
+
+// sseKinds reads a job's event stream on p until it has seen want events
+// of kind, or until timeout, and returns how many it saw.
+func sseKinds(t *testing.T, p *proc, id, kind string, want int, timeout time.Duration) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", p.base+"/v1/jobs/"+id+"/events", nil)
+	req.Header.Set("Authorization", "Bearer "+p.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("events: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("events: %d", resp.StatusCode)
+	}
+	n := 0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() && n < want {
+		if sc.Text() == "event: "+kind {
+			n++
+		}
+	}
+	return n
+}
+
+// TestFleetRelaysRequestsAndEvents checks that a node that does not run a
+// job serves its event stream and relays pause and cancel to the node
+// that does.
+func TestFleetRelaysRequestsAndEvents(t *testing.T) {
+	db := pgtest.Start(t).NewDatabase(t)
+	shared := t.TempDir()
+	state := filepath.Join(shared, "state")
+	spec := map[string]any{
+		"id":         "relay",
+		"source":     map[string]any{"type": "synthetic", "count": 20000, "seed": 7},
+		"target":     map[string]any{"type": "jsonl", "path": filepath.Join(shared, "target.jsonl")},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 100,
+		"memory":     map[string]any{"limit": "512MiB"},
+		"inject":     map[string]any{"slow_batch": "40ms"},
+	}
+	nodes := map[string]*proc{"node-a": startNode(t, db, state, "node-a")}
+	if code, body := nodes["node-a"].do("POST", "/v1/jobs", spec); code != 201 {
+		t.Fatalf("create on a: %d %s", code, body)
+	}
+	nodes["node-b"] = startNode(t, db, state, "node-b")
+	other := func(node string) *proc {
+		if node == "node-a" {
+			return nodes["node-b"]
+		}
+		return nodes["node-a"]
+	}
+	running := func(v fleetView) bool { return v.Status == "running" && v.Node != "" && v.Progress.Processed > 0 }
+	v := nodes["node-b"].fleetWait("relay", 60*time.Second, running)
+	p := other(v.Node)
+
+	// Events of a job that runs elsewhere.
+	if n := sseKinds(t, p, "relay", "status", 2, 20*time.Second); n < 2 {
+		t.Errorf("event stream on the node that does not run the job: %d status events, want 2 or more", n)
+	}
+
+	if code, body := p.do("GET", "/v1/jobs/relay/heap-profile", nil); code != 409 || !strings.Contains(string(body), "runs on node "+v.Node) {
+		t.Errorf("heap profile on the node that does not run the job: %d %s, want 409 naming %s", code, body, v.Node)
+	}
+
+	// Pause, relayed to the owner.
+	code, body := p.do("POST", "/v1/jobs/relay/pause", nil)
+	if code != 200 || !strings.Contains(string(body), `"status":"paused"`) {
+		t.Fatalf("pause on the node that does not run the job: %d %s", code, body)
+	}
+	if v := nodes[v.Node].fleetGet("relay"); v.Status != "paused" {
+		t.Fatalf("on the owner after the relayed pause: %+v", v)
+	}
+	if code, body := p.do("POST", "/v1/jobs/relay/resume", nil); code != 200 {
+		t.Fatalf("resume: %d %s", code, body)
+	}
+
+	// Cancel, relayed to whichever node claimed it again.
+	v = p.fleetWait("relay", 60*time.Second, running)
+	p = other(v.Node)
+	code, body = p.do("POST", "/v1/jobs/relay/cancel", nil)
+	if code != 200 || !strings.Contains(string(body), `"status":"cancelled"`) {
+		t.Fatalf("cancel on the node that does not run the job: %d %s", code, body)
+	}
+	for _, n := range nodes {
+		if err := n.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+			t.Errorf("final stop: %v", err)
+		}
+	}
+}
+
+// TestFleetFailoverPodioTarget is the SIGKILL failover with a Podio target
+// (bin/podio-emulator, reachable from every node) and a shared JSONL
+// source: the target app ends with each source item exactly once.
+func TestFleetFailoverPodioTarget(t *testing.T) {
+	db := pgtest.Start(t).NewDatabase(t)
+	shared := t.TempDir()
+	state := filepath.Join(shared, "state")
+	const count = 1500
+
+	// The emulator, seeded with a client and an empty target app.
+	seed := filepath.Join(shared, "seed.jsonl")
+	var sb strings.Builder
+	sb.WriteString(`{"kind":"client","client_id":"memvisor","client_secret":"fleet-secret"}` + "\n")
+	sb.WriteString(`{"kind":"app","app_id":30002,"app_token":"fleet-app-token","name":"Leads","fields":[` +
+		`{"external_id":"title","type":"text","label":"Title"},{"external_id":"email","type":"text","label":"Email"}]}` + "\n")
+	if err := os.WriteFile(seed, []byte(sb.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	source := filepath.Join(shared, "source.jsonl")
+	sb.Reset()
+	for i := 1; i <= count; i++ {
+		fmt.Fprintf(&sb, `{"item_id":%d,"fields":{"title":"Lead %d","email":"lead%d@example.com"}}`+"\n", i, i, i)
+	}
+	if err := os.WriteFile(source, []byte(sb.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	urlFile := filepath.Join(shared, "emulator.url")
+	emu := exec.Command(testbin.Path(t, "podio-emulator"), "--seed", seed, "--addr-file", urlFile, "--latency", "2ms")
+	emu.Stderr = &lockedBuffer{}
+	if err := emu.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = emu.Process.Kill(); _ = emu.Wait() })
+	var api string
+	for deadline := time.Now().Add(20 * time.Second); api == ""; time.Sleep(50 * time.Millisecond) {
+		if data, _ := os.ReadFile(urlFile); len(strings.TrimSpace(string(data))) > 0 {
+			api = strings.TrimSpace(string(data))
+		} else if time.Now().After(deadline) {
+			t.Fatal("the emulator wrote no address within 20s")
+		}
+	}
+
+	extra := fmt.Sprintf("postgres_url: %q\nlease_ttl: 3s\npodio_api_urls: [%s]\nallowed_credentials: [FLEET_PODIO_SECRET, FLEET_PODIO_APP_TOKEN]\n", db, api)
+	env := []string{fleetToken, "FLEET_PODIO_SECRET=fleet-secret", "FLEET_PODIO_APP_TOKEN=fleet-app-token"}
+	spec := map[string]any{
+		"id":     "podio",
+		"source": map[string]any{"type": "jsonl", "path": source},
+		"target": map[string]any{"type": "podio", "api_url": api, "app_id": 30002, "silent": true, "hook": false,
+			"auth": map[string]any{"flow": "app", "client_id": "memvisor", "client_secret_env": "FLEET_PODIO_SECRET", "app_token_env": "FLEET_PODIO_APP_TOKEN"}},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 50,
+		"memory":     map[string]any{"limit": "512MiB"},
+		"inject":     map[string]any{"slow_batch": "40ms"},
+	}
+	a := startSupervisor(t, state, extra+"node_id: node-a\n", env...)
+	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
+		t.Fatalf("create on a: %d %s", code, body)
+	}
+	b := startSupervisor(t, state, extra+"node_id: node-b\n", env...)
+	v := b.fleetWait("podio", 60*time.Second, func(v fleetView) bool {
+		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 200)
+	})
+	if v.Status != "running" || v.Node != "node-a" {
+		t.Fatalf("on b: %+v, want running on node-a", v)
+	}
+	_ = syscall.Kill(-runnerPID(t, state, "podio"), syscall.SIGKILL)
+	if err := a.stop(syscall.SIGKILL, 10*time.Second); err == nil {
+		t.Fatal("SIGKILL: node a exited cleanly")
+	}
+	v = b.fleetWait("podio", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	if v.Status != "completed" || v.Runs != 2 {
+		t.Fatalf("after the failover: %+v, want completed in 2 runs\n%s", v, b.stderr.String())
+	}
+
+	// The target app: each source item exactly once.
+	resp, err := http.Get(api + "/_emulator/dump?app_id=30002")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	seen := map[string]int{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var item struct {
+			ExternalID string `json:"external_id"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &item); err != nil {
+			t.Fatalf("dump line %q: %v", sc.Text(), err)
+		}
+		seen[item.ExternalID]++
+	}
+	dups := 0
+	for _, n := range seen {
+		if n > 1 {
+			dups++
+		}
+	}
+	if len(seen) != count || dups != 0 {
+		t.Errorf("target app holds %d distinct items (%d duplicated), want %d exactly once", len(seen), dups, count)
+	}
+	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+		t.Errorf("final stop: %v", err)
+	}
+}
