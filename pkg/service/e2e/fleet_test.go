@@ -545,3 +545,47 @@ func TestFleetFailoverPodioTarget(t *testing.T) {
 		t.Errorf("final stop: %v", err)
 	}
 }
+
+// TestFleetDrainHandsJobOver stops the node running a job with SIGTERM, as
+// a rolling update does: the node drains the runner, records the job
+// queued and gives its lease up, and the other node resumes the job at
+// once, without waiting out the lease; every item lands once.
+func TestFleetDrainHandsJobOver(t *testing.T) {
+	db := pgtest.Start(t).NewDatabase(t)
+	shared := t.TempDir()
+	state := filepath.Join(shared, "state")
+	target := filepath.Join(shared, "target.jsonl")
+	const count = 3000
+	spec := map[string]any{
+		"id":         "drain",
+		"source":     map[string]any{"type": "synthetic", "count": count, "seed": 8},
+		"target":     map[string]any{"type": "jsonl", "path": target},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 100,
+		"memory":     map[string]any{"limit": "512MiB"},
+		"inject":     map[string]any{"slow_batch": "40ms"},
+	}
+	// A long lease: a handover that waited it out would show.
+	a := startNodeTTL(t, db, state, "node-a", "10m")
+	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
+		t.Fatalf("create on a: %d %s", code, body)
+	}
+	b := startNodeTTL(t, db, state, "node-b", "10m")
+	v := b.fleetWait("drain", 60*time.Second, func(v fleetView) bool {
+		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 300)
+	})
+	if v.Status != "running" || v.Node != "node-a" {
+		t.Fatalf("on b: %+v, want running on node-a", v)
+	}
+	if err := a.stop(syscall.SIGTERM, 60*time.Second); err != nil {
+		t.Fatalf("SIGTERM: %v", err)
+	}
+	v = b.fleetWait("drain", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
+		t.Fatalf("after a drained: %+v, want completed in 2 runs", v)
+	}
+	exactlyOnce(t, target, count)
+	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+		t.Errorf("final stop: %v", err)
+	}
+}
