@@ -140,11 +140,62 @@ func TestFleetFailoverThreeNodes(t *testing.T) {
 
 // BenchmarkFleetFailover measures fleet_failover_s: from the SIGKILL of
 // the node running a job (serve and runner) to the job running on the
-// other node, with the default lease_ttl of 15s. It runs once; b.N is not
-// used.
+// other node, with the default lease_ttl of 15s; and fleet_node_rss_mb,
+// the RSS of the serve process (not its runner) of the node that took the
+// job over, while it runs it. It runs once; b.N is not used.
 func BenchmarkFleetFailover(b *testing.B) {
 	d := failover(b, "15s", 2)
 	benchfmt.Report(b, "fleet_failover_s", d.Seconds(), "s")
+}
+
+// BenchmarkFleetJobsPerSecond runs many small jobs on a fleet of one node
+// and of three nodes (max_concurrent_jobs 2 each, one PostgreSQL, one
+// shared state dir), posted round-robin to the nodes, and reports the jobs
+// completed per second: fleet_jobs_per_s_1_node and
+// fleet_jobs_per_s_3_nodes. On one machine the nodes share its cores, so
+// the ratio shows the fleet's overhead more than its scaling. It runs
+// once; b.N is not used.
+func BenchmarkFleetJobsPerSecond(b *testing.B) {
+	const jobs = 24
+	for _, n := range []int{1, 3} {
+		db := pgtest.Start(b).NewDatabase(b)
+		shared := b.TempDir()
+		state := filepath.Join(shared, "state")
+		var nodes []*proc
+		for i := range n {
+			nodes = append(nodes, startSupervisor(b, state, fmt.Sprintf("postgres_url: %q\nnode_id: node-%d\nmax_concurrent_jobs: 2\n", db, i), fleetToken))
+		}
+		start := time.Now()
+		for i := range jobs {
+			spec := map[string]any{
+				"id":         fmt.Sprintf("small-%d", i),
+				"source":     map[string]any{"type": "synthetic", "count": 500, "seed": i + 1},
+				"target":     map[string]any{"type": "jsonl", "path": filepath.Join(shared, fmt.Sprintf("target-%d.jsonl", i))},
+				"match":      map[string]any{"source_field": "email", "target_field": "email"},
+				"batch_size": 100,
+				"memory":     map[string]any{"limit": "256MiB"},
+			}
+			if code, body := nodes[i%n].do("POST", "/v1/jobs", spec); code != 201 {
+				b.Fatalf("create: %d %s", code, body)
+			}
+		}
+		for i := range jobs {
+			v := nodes[0].fleetWait(fmt.Sprintf("small-%d", i), 300*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+			if v.Status != "completed" {
+				b.Fatalf("job %s: %+v", v.ID, v)
+			}
+		}
+		name := "fleet_jobs_per_s_1_node"
+		if n > 1 {
+			name = fmt.Sprintf("fleet_jobs_per_s_%d_nodes", n)
+		}
+		benchfmt.Report(b, name, float64(jobs)/time.Since(start).Seconds(), "jobs/s")
+		for _, p := range nodes {
+			if err := p.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+				b.Errorf("stop: %v", err)
+			}
+		}
+	}
 }
 
 // failover is TestFleetFailover's scenario on n nodes; it returns the time
@@ -217,6 +268,11 @@ func failover(t testing.TB, ttl string, n int) time.Duration {
 	took := time.Since(killed)
 	if nodes[v.Node] == nil {
 		t.Fatalf("after %s died: %+v, want the job on another node", dead, v)
+	}
+	if b, ok := t.(*testing.B); ok {
+		if mb, err := rssMB(nodes[v.Node].cmd.Process.Pid); err == nil {
+			benchfmt.Report(b, "fleet_node_rss_mb", mb, "MB")
+		}
 	}
 	v = survivor.fleetWait("fleet", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
 	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
@@ -485,6 +541,50 @@ func TestFleetFailoverPodioTarget(t *testing.T) {
 	if len(seen) != count || dups != 0 {
 		t.Errorf("target app holds %d distinct items (%d duplicated), want %d exactly once", len(seen), dups, count)
 	}
+	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+		t.Errorf("final stop: %v", err)
+	}
+}
+
+// TestFleetDrainHandsJobOver stops the node running a job with SIGTERM, as
+// a rolling update does: the node drains the runner, records the job
+// queued and gives its lease up, and the other node resumes the job at
+// once, without waiting out the lease; every item lands once.
+func TestFleetDrainHandsJobOver(t *testing.T) {
+	db := pgtest.Start(t).NewDatabase(t)
+	shared := t.TempDir()
+	state := filepath.Join(shared, "state")
+	target := filepath.Join(shared, "target.jsonl")
+	const count = 3000
+	spec := map[string]any{
+		"id":         "drain",
+		"source":     map[string]any{"type": "synthetic", "count": count, "seed": 8},
+		"target":     map[string]any{"type": "jsonl", "path": target},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 100,
+		"memory":     map[string]any{"limit": "512MiB"},
+		"inject":     map[string]any{"slow_batch": "40ms"},
+	}
+	// A long lease: a handover that waited it out would show.
+	a := startNodeTTL(t, db, state, "node-a", "10m")
+	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
+		t.Fatalf("create on a: %d %s", code, body)
+	}
+	b := startNodeTTL(t, db, state, "node-b", "10m")
+	v := b.fleetWait("drain", 60*time.Second, func(v fleetView) bool {
+		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 300)
+	})
+	if v.Status != "running" || v.Node != "node-a" {
+		t.Fatalf("on b: %+v, want running on node-a", v)
+	}
+	if err := a.stop(syscall.SIGTERM, 60*time.Second); err != nil {
+		t.Fatalf("SIGTERM: %v", err)
+	}
+	v = b.fleetWait("drain", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
+		t.Fatalf("after a drained: %+v, want completed in 2 runs", v)
+	}
+	exactlyOnce(t, target, count)
 	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
 		t.Errorf("final stop: %v", err)
 	}
