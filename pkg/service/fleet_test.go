@@ -92,7 +92,10 @@ func TestPodioPrincipal(t *testing.T) {
 	app := func(id int64) job.Podio {
 		return job.Podio{AppID: id, Auth: &job.PodioAuth{Flow: job.PodioFlowApp, ClientID: "cli", AppTokenEnv: "FLEET_TEST_PASSWORD"}}
 	}
-	if key(app(1)) == key(app(2)) || key(app(1)) != key(app(1)) {
-		t.Error("app-flow jobs: want one quota key per app")
+	if key(app(1)) == key(app(2)) {
+		t.Error("app-flow jobs: two apps share a quota key, want one per app")
+	}
+	if first, again := key(app(1)), key(app(1)); first != again {
+		t.Errorf("app-flow jobs: the same app gives the keys %q and %q, want one", first, again)
 	}
 }
