@@ -240,6 +240,9 @@ func (m *Manager) Submit(body []byte) (registry.Record, error) {
 		Created: now, Updated: now,
 	}
 	if err := m.reg.Create(bg, &rec, m.maxQueued); err != nil {
+		if rerr := plan.Rollback(); rerr != nil {
+			m.log.Warn().Err(rerr).Str(keyJob, rec.ID).Msg("a refused job's new target could not be removed")
+		}
 		return registry.Record{}, err
 	}
 	m.log.Info().Str(keyJob, rec.ID).Str("source", spec.Source.Type).Str("target", spec.Target.Type).

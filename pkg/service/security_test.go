@@ -3,6 +3,7 @@ package service_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -257,7 +258,14 @@ func TestQueueIsBounded(t *testing.T) {
 	s.waitStatus("run", 10*time.Second, "running")
 	s.create(spec(t, "q1", 10, nil))
 	s.create(spec(t, "q2", 10, nil))
-	if r := s.do("POST", "/v1/jobs", spec(t, "q3", 10, nil)); r.code != http.StatusTooManyRequests {
+	q3 := spec(t, "q3", 10, nil)
+	if r := s.do("POST", "/v1/jobs", q3); r.code != http.StatusTooManyRequests {
 		t.Errorf("third queued job with max_queued_jobs 2: %d %s, want 429", r.code, r.body)
+	}
+	// A refused job leaves nothing behind: the target it would have
+	// created is not there.
+	target := q3["target"].(map[string]any)["path"].(string)
+	if _, err := os.Stat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the refused job's new target %s: %v, want it not created", target, err)
 	}
 }

@@ -107,6 +107,7 @@ type Plan struct {
 	p          *Policy
 	createRoot root   // root of a target to create
 	createRel  string // its path beneath the root
+	createdRel string // the target Commit created, for Rollback
 }
 
 // Check confines spec. It returns job.Errors naming every refused field,
@@ -175,7 +176,36 @@ func (pl *Plan) Commit() error {
 	if err != nil {
 		return err
 	}
-	pl.TargetID, pl.createRel = id, ""
+	pl.TargetID, pl.createdRel, pl.createRel = id, pl.createRel, ""
+	return nil
+}
+
+// Rollback removes the target that Commit created, for a job that was
+// refused after all (a full queue, a conflict): a refused job leaves
+// nothing behind. It removes the file only while it is the same file and
+// still holds nothing but its marker.
+func (pl *Plan) Rollback() error {
+	if pl.createdRel == "" {
+		return nil
+	}
+	rel := pl.createdRel
+	pl.createdRel = ""
+	dir, name := filepath.Split(rel)
+	d, err := openBeneath(pl.createRoot, filepath.Clean("./"+dir), unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return fmt.Errorf("remove the new target %s: %w", rel, err)
+	}
+	defer d.Close()
+	var st unix.Stat_t
+	if err := unix.Fstatat(int(d.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("remove the new target %s: %w", rel, err)
+	}
+	if statID(&st) != pl.TargetID || st.Size != int64(len(jsonl.TargetMarker)) {
+		return nil // someone else's now, or written to: not ours to remove
+	}
+	if err := unix.Unlinkat(int(d.Fd()), name, 0); err != nil {
+		return fmt.Errorf("remove the new target %s: %w", rel, err)
+	}
 	return nil
 }
 
@@ -415,8 +445,11 @@ func identity(f *os.File) (string, error) {
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return "", fmt.Errorf("stat %s: %w", f.Name(), err)
 	}
-	return fmt.Sprintf("jsonl:%d:%d", st.Dev, st.Ino), nil
+	return statID(&st), nil
 }
+
+// statID names a file endpoint by device and inode.
+func statID(st *unix.Stat_t) string { return fmt.Sprintf("jsonl:%d:%d", st.Dev, st.Ino) }
 
 func normURL(s string) (string, error) {
 	u, err := url.Parse(s)
