@@ -8,6 +8,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/schollz/progressbar/v3"
 
+	"github.com/memvisor/memvisor/internal/logkey"
 	"github.com/memvisor/memvisor/internal/memstat"
 	"github.com/memvisor/memvisor/plugin"
 )
@@ -43,7 +44,7 @@ func (p *progress) update(st plugin.State, pr plugin.Progress, cacheBytes int64)
 		if pr.TotalKnown && p.bar.GetMax64() != pr.Total {
 			p.bar.ChangeMax64(pr.Total)
 		}
-		p.bar.Describe(fmt.Sprintf("%s | created %d skipped %d failed %d | rss %.0fMB", st, pr.Created, pr.Skipped, pr.Failed, memstat.MB(memstat.RSS())))
+		p.bar.Describe(fmt.Sprintf("%s | created %d skipped %d failed %d | rss %.0fMB", st, pr.Created, pr.Skipped, pr.Failed, logkey.MB(memstat.RSS())))
 		_ = p.bar.Set64(pr.Processed)
 		return
 	}
@@ -56,8 +57,8 @@ func (p *progress) update(st plugin.State, pr plugin.Progress, cacheBytes int64)
 		Int64("processed", pr.Processed).Int64("created", pr.Created).Int64("updated", pr.Updated).
 		Int64("skipped", pr.Skipped).Int64("failed", pr.Failed).
 		Float64("itemsPerSec", float64(int64(pr.ItemsPerSec))).
-		Float64("rssMB", memstat.MB(memstat.RSS())).
-		Float64("cacheMB", memstat.MB(uint64(cacheBytes)))
+		Float64("rssMB", logkey.MB(memstat.RSS())).
+		Float64("cacheMB", logkey.MB(uint64(cacheBytes)))
 	if pr.TotalKnown && pr.Total > 0 {
 		ev.Int64("total", pr.Total).Float64("percent", float64(pr.Processed*1000/pr.Total)/10)
 		if pr.ItemsPerSec > 0 {

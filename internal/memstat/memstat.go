@@ -97,6 +97,3 @@ func RSS() uint64 {
 	}
 	return n * pageSize
 }
-
-// MB converts bytes to mebibytes, rounded to one decimal.
-func MB(b uint64) float64 { return float64(b*10>>20) / 10 }

@@ -765,10 +765,10 @@ func (b *Batcher) collect(reason string) {
 	debug.FreeOSMemory()
 	after := memstat.Read()
 	b.log.Info().Str("context", "gc").Str("reason", reason).
-		Float64(logkey.HeapObjectsBeforeMB, memstat.MB(before.HeapObjectsBytes)).
-		Float64(logkey.HeapObjectsAfterMB, memstat.MB(after.HeapObjectsBytes)).
-		Float64(logkey.RSSBeforeMB, memstat.MB(before.RSSBytes)).
-		Float64(logkey.RSSAfterMB, memstat.MB(after.RSSBytes)).Msg("forced garbage collection")
+		Float64(logkey.HeapObjectsBeforeMB, logkey.MB(before.HeapObjectsBytes)).
+		Float64(logkey.HeapObjectsAfterMB, logkey.MB(after.HeapObjectsBytes)).
+		Float64(logkey.RSSBeforeMB, logkey.MB(before.RSSBytes)).
+		Float64(logkey.RSSAfterMB, logkey.MB(after.RSSBytes)).Msg("forced garbage collection")
 }
 
 // logMemory writes the memory line at the original tool's moments
@@ -777,12 +777,12 @@ func (b *Batcher) collect(reason string) {
 func (b *Batcher) logMemory(ctx string) {
 	m := memstat.Read()
 	ev := b.log.Info().Str(logkey.Context, ctx).
-		Float64(logkey.HeapObjectsMB, memstat.MB(m.HeapObjectsBytes)).
-		Float64(logkey.HeapMappedMB, memstat.MB(m.HeapTotalBytes)).
-		Float64(logkey.RSSMB, memstat.MB(m.RSSBytes))
+		Float64(logkey.HeapObjectsMB, logkey.MB(m.HeapObjectsBytes)).
+		Float64(logkey.HeapMappedMB, logkey.MB(m.HeapTotalBytes)).
+		Float64(logkey.RSSMB, logkey.MB(m.RSSBytes))
 	if b.o.Limit > 0 {
 		ev.Float64(logkey.HeapObjectsPercent, float64(int(float64(m.HeapObjectsBytes)*1000/float64(b.o.Limit)))/10)
-		ev.Float64(logkey.BudgetMB, memstat.MB(uint64(b.o.Limit)))
+		ev.Float64(logkey.BudgetMB, logkey.MB(uint64(b.o.Limit)))
 	}
 	ev.Msg(ctx)
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/memvisor/memvisor/internal/logkey"
 	"github.com/memvisor/memvisor/internal/memstat"
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/plugin"
@@ -282,8 +283,8 @@ func (g *guard) collect(before uint64) {
 		var buf [128]byte
 		after := g.read(buf[:])
 		g.log.Info().Str("context", "gc").Str("reason", "memory guard").
-			Float64("rssBeforeMB", memstat.MB(before)).Float64("rssMB", memstat.MB(after)).
-			Float64("gcLineMB", memstat.MB(g.gcLine.Load())).Dur("took", time.Since(start)).
+			Float64("rssBeforeMB", logkey.MB(before)).Float64("rssMB", logkey.MB(after)).
+			Float64("gcLineMB", logkey.MB(g.gcLine.Load())).Dur("took", time.Since(start)).
 			Msg("memory guard: usage crossed the GC line; collected garbage")
 		g.collecting.Store(false)
 		g.poke()

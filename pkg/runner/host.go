@@ -381,8 +381,8 @@ func (h *Host) GC(ctx context.Context) (plugin.GCResult, error) {
 		After:    plugin.MemFigures{RSSBytes: after.RSSBytes, HeapObjectsBytes: after.HeapObjectsBytes, TotalMappedBytes: after.TotalMappedBytes},
 		Duration: time.Since(start),
 	}
-	h.log.Info().Str(logkey.Context, "gc").Float64(logkey.RSSBeforeMB, memstat.MB(before.RSSBytes)).
-		Float64(logkey.RSSAfterMB, memstat.MB(after.RSSBytes)).Float64(logkey.HeapObjectsAfterMB, memstat.MB(after.HeapObjectsBytes)).
+	h.log.Info().Str(logkey.Context, "gc").Float64(logkey.RSSBeforeMB, logkey.MB(before.RSSBytes)).
+		Float64(logkey.RSSAfterMB, logkey.MB(after.RSSBytes)).Float64(logkey.HeapObjectsAfterMB, logkey.MB(after.HeapObjectsBytes)).
 		Dur("took", res.Duration).Msg("garbage collection on request")
 	return res, nil
 }
@@ -423,8 +423,8 @@ func (h *Host) guardDrain(usage, line uint64, climb float64) {
 	if b == nil {
 		return
 	}
-	ev := h.log.Warn().Str("reason", string(plugin.DrainGuard)).Float64("rssMB", memstat.MB(usage)).
-		Float64("drainLineMB", memstat.MB(line))
+	ev := h.log.Warn().Str("reason", string(plugin.DrainGuard)).Float64("rssMB", logkey.MB(usage)).
+		Float64("drainLineMB", logkey.MB(line))
 	if climb > 0 {
 		ev.Msgf("memory guard: usage is climbing %.1f MiB/s and would cross the drain line before a drain could finish; draining",
 			climb/(1<<20))
