@@ -87,6 +87,12 @@ func RSS() uint64 {
 	if err != nil {
 		return 0
 	}
+	return StatmRSS(b)
+}
+
+// StatmRSS returns the resident set size that b, the contents of a
+// /proc/<pid>/statm file, gives, or 0 if b is not such a file.
+func StatmRSS(b []byte) uint64 {
 	f := bytes.Fields(b)
 	if len(f) < 2 {
 		return 0

@@ -1,12 +1,10 @@
 package runner
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -304,15 +302,5 @@ func (g *guard) read(buf []byte) uint64 {
 	if n == 0 && err != nil {
 		return 0
 	}
-	f := bytes.Fields(buf[:n])
-	if len(f) < 2 {
-		return 0
-	}
-	pages, err := strconv.ParseUint(string(f[1]), 10, 64)
-	if err != nil {
-		return 0
-	}
-	return pages * pageSize
+	return memstat.StatmRSS(buf[:n])
 }
-
-var pageSize = uint64(os.Getpagesize())

@@ -198,6 +198,21 @@ func BenchmarkFleetJobsPerSecond(b *testing.B) {
 	}
 }
 
+// fleetJob is the job the fleet tests run: count synthetic items from
+// seed into a jsonl target, slow enough (40 ms a batch of 100) that a node
+// can be killed or stopped while it runs.
+func fleetJob(id, target string, count, seed int) map[string]any {
+	return map[string]any{
+		"id":         id,
+		"source":     map[string]any{"type": "synthetic", "count": count, "seed": seed},
+		"target":     map[string]any{"type": "jsonl", "path": target},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 100,
+		"memory":     map[string]any{"limit": "512MiB"},
+		"inject":     map[string]any{"slow_batch": "40ms"},
+	}
+}
+
 // failover is TestFleetFailover's scenario on n nodes; it returns the time
 // from the kill of the job's node to the job running on another node.
 func failover(t testing.TB, ttl string, n int) time.Duration {
@@ -206,15 +221,7 @@ func failover(t testing.TB, ttl string, n int) time.Duration {
 	state := filepath.Join(shared, "state")
 	target := filepath.Join(shared, "target.jsonl")
 	const count = 4000
-	spec := map[string]any{
-		"id":         "fleet",
-		"source":     map[string]any{"type": "synthetic", "count": count, "seed": 5},
-		"target":     map[string]any{"type": "jsonl", "path": target},
-		"match":      map[string]any{"source_field": "email", "target_field": "email"},
-		"batch_size": 100,
-		"memory":     map[string]any{"limit": "512MiB"},
-		"inject":     map[string]any{"slow_batch": "40ms"},
-	}
+	spec := fleetJob("fleet", target, count, 5)
 	nodes := map[string]*proc{}
 	names := []string{"node-a", "node-b", "node-c"}[:n]
 	for _, name := range names {
@@ -298,15 +305,7 @@ func TestFleetStoppedNodeDoesNotWriteAfterWaking(t *testing.T) {
 	state := filepath.Join(shared, "state")
 	target := filepath.Join(shared, "target.jsonl")
 	const count = 4000
-	spec := map[string]any{
-		"id":         "paused-node",
-		"source":     map[string]any{"type": "synthetic", "count": count, "seed": 6},
-		"target":     map[string]any{"type": "jsonl", "path": target},
-		"match":      map[string]any{"source_field": "email", "target_field": "email"},
-		"batch_size": 100,
-		"memory":     map[string]any{"limit": "512MiB"},
-		"inject":     map[string]any{"slow_batch": "40ms"},
-	}
+	spec := fleetJob("paused-node", target, count, 6)
 	a := startNode(t, db, state, "node-a")
 	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
 		t.Fatalf("create on a: %d %s", code, body)
@@ -381,15 +380,7 @@ func TestFleetRelaysRequestsAndEvents(t *testing.T) {
 	db := pgtest.Start(t).NewDatabase(t)
 	shared := t.TempDir()
 	state := filepath.Join(shared, "state")
-	spec := map[string]any{
-		"id":         "relay",
-		"source":     map[string]any{"type": "synthetic", "count": 20000, "seed": 7},
-		"target":     map[string]any{"type": "jsonl", "path": filepath.Join(shared, "target.jsonl")},
-		"match":      map[string]any{"source_field": "email", "target_field": "email"},
-		"batch_size": 100,
-		"memory":     map[string]any{"limit": "512MiB"},
-		"inject":     map[string]any{"slow_batch": "40ms"},
-	}
+	spec := fleetJob("relay", filepath.Join(shared, "target.jsonl"), 20000, 7)
 	nodes := map[string]*proc{"node-a": startNode(t, db, state, "node-a")}
 	if code, body := nodes["node-a"].do("POST", "/v1/jobs", spec); code != 201 {
 		t.Fatalf("create on a: %d %s", code, body)
@@ -556,15 +547,7 @@ func TestFleetDrainHandsJobOver(t *testing.T) {
 	state := filepath.Join(shared, "state")
 	target := filepath.Join(shared, "target.jsonl")
 	const count = 3000
-	spec := map[string]any{
-		"id":         "drain",
-		"source":     map[string]any{"type": "synthetic", "count": count, "seed": 8},
-		"target":     map[string]any{"type": "jsonl", "path": target},
-		"match":      map[string]any{"source_field": "email", "target_field": "email"},
-		"batch_size": 100,
-		"memory":     map[string]any{"limit": "512MiB"},
-		"inject":     map[string]any{"slow_batch": "40ms"},
-	}
+	spec := fleetJob("drain", target, count, 8)
 	// A long lease: a handover that waited it out would show.
 	a := startNodeTTL(t, db, state, "node-a", "10m")
 	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {

@@ -1,9 +1,6 @@
 package e2e_test
 
 import (
-	"bufio"
-	"encoding/json"
-	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -63,34 +60,7 @@ func TestServeRestartResumesRealJobExactlyOnce(t *testing.T) {
 		t.Fatalf("after the SIGKILL restart: %+v, want completed, %d processed, 3 runs\n%s", v, count, p3.stderr.String())
 	}
 	// Every source item exactly once in the target.
-	f, err := os.Open(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	seen := map[string]int{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var line struct {
-			ExternalID string `json:"external_id"`
-		}
-		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
-			t.Fatalf("target line %q: %v", sc.Text(), err)
-		}
-		if line.ExternalID != "" {
-			seen[line.ExternalID]++
-		}
-	}
-	dups := 0
-	for _, n := range seen {
-		if n > 1 {
-			dups++
-		}
-	}
-	if len(seen) != count || dups != 0 {
-		t.Errorf("target holds %d distinct items (%d duplicated), want %d exactly once", len(seen), dups, count)
-	}
+	exactlyOnce(t, target, count)
 	if err := p3.stop(syscall.SIGTERM, 30*time.Second); err != nil {
 		t.Errorf("final stop: %v", err)
 	}
