@@ -12,6 +12,7 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 
+	"github.com/memvisor/memvisor/internal/cliflag"
 	"github.com/memvisor/memvisor/pkg/batcher"
 	"github.com/memvisor/memvisor/pkg/checkpoint"
 	"github.com/memvisor/memvisor/pkg/job"
@@ -46,7 +47,7 @@ Flags:
 `
 
 func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs := flag.NewFlagSet("runner run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	retry := fs.Bool("retry-failed", false, "process the items in the job's failed.jsonl again instead of the source")
 	reset := fs.Bool("reset-checkpoint", false, "move a corrupt or unwanted checkpoint aside and start from the first item\n(items already in the target are found and not created twice)")
@@ -57,19 +58,10 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprint(fs.Output(), runUsage)
 		fs.PrintDefaults()
 	}
-	// The flag package prints the usage itself on a parse error or a help
-	// flag; print it once, to stdout when it was asked for.
-	fs.SetOutput(io.Discard)
-	err := fs.Parse(reorder(args))
-	fs.SetOutput(stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		fs.SetOutput(stdout)
-		fs.Usage()
+	switch err := cliflag.Parse(fs, func() error { return fs.Parse(reorder(args)) }, stdout, stderr); {
+	case errors.Is(err, flag.ErrHelp):
 		return nil
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "runner run: %v\n\n", err)
-		fs.Usage()
+	case err != nil:
 		return exitError(2)
 	}
 	if fs.NArg() != 1 {

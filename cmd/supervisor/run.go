@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/memvisor/memvisor/internal/atomicfile"
+	"github.com/memvisor/memvisor/internal/cliflag"
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/supervise"
 )
@@ -69,19 +70,11 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprint(fs.Output(), runUsage)
 		fs.PrintDefaults()
 	}
-	// The flag package prints the usage itself on a parse error or a help
-	// flag; print it once, to stdout when it was asked for.
-	fs.SetOutput(io.Discard)
-	pos, err := parseInterspersed(fs, args)
-	fs.SetOutput(stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		fs.SetOutput(stdout)
-		fs.Usage()
+	var pos []string
+	switch err := cliflag.Parse(fs, func() (err error) { pos, err = parseInterspersed(fs, args); return err }, stdout, stderr); {
+	case errors.Is(err, flag.ErrHelp):
 		return nil
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "supervisor run: %v\n\n", err)
-		fs.Usage()
+	case err != nil:
 		return exitError(2)
 	}
 	if len(pos) != 1 {

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strings"
 
+	"github.com/memvisor/memvisor/internal/cliflag"
 	"github.com/memvisor/memvisor/pkg/service"
 )
 
@@ -61,19 +62,11 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprint(fs.Output(), serveUsage)
 		fs.PrintDefaults()
 	}
-	// The flag package prints the usage itself on a parse error or a help
-	// flag; print it once, to stdout when it was asked for.
-	fs.SetOutput(io.Discard)
-	err := fs.Parse(args)
-	fs.SetOutput(stderr)
+	err := cliflag.Parse(fs, func() error { return fs.Parse(args) }, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
-		fs.SetOutput(stdout)
-		fs.Usage()
 		return nil
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "supervisor serve: %v\n\n", err)
-		fs.Usage()
 		return exitError(2)
 	}
 	if fs.NArg() > 0 {
