@@ -52,6 +52,7 @@ var sentinels = []struct {
 	{ErrFinished, codes.FailedPrecondition, "FINISHED"},
 	{ErrUnimplemented, codes.Unimplemented, "UNIMPLEMENTED"},
 	{ErrUnavailable, codes.Unavailable, "UNAVAILABLE"},
+	{ErrFenced, codes.Aborted, "JOB_FENCED"},
 }
 
 // RemoteError is an error that came back from the runner over gRPC. It

@@ -28,17 +28,19 @@ type RunnerPlugin struct {
 var _ goplugin.GRPCPlugin = (*RunnerPlugin)(nil)
 
 // GRPCServer registers the Runner service on s.
-func (p *RunnerPlugin) GRPCServer(_ *goplugin.GRPCBroker, s *grpc.Server) error {
+func (p *RunnerPlugin) GRPCServer(b *goplugin.GRPCBroker, s *grpc.Server) error {
 	if p.Impl == nil {
 		return errors.New("register runner service: no Runner implementation")
 	}
-	pb.RegisterRunnerServer(s, &GRPCServer{Impl: p.Impl})
+	pb.RegisterRunnerServer(s, &GRPCServer{Impl: p.Impl, broker: b})
 	return nil
 }
 
 // GRPCClient returns a Runner that calls the runner process over conn.
-func (p *RunnerPlugin) GRPCClient(_ context.Context, _ *goplugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
-	return NewGRPCClient(conn), nil
+func (p *RunnerPlugin) GRPCClient(_ context.Context, b *goplugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
+	c := NewGRPCClient(conn)
+	c.broker = b
+	return c, nil
 }
 
 // PluginMap is the plugin set both sides hand to go-plugin. The runner
@@ -50,6 +52,9 @@ func PluginMap(impl Runner) map[string]goplugin.Plugin {
 // GRPCClient is the supervisor's side of the Runner service.
 type GRPCClient struct {
 	client pb.RunnerClient
+	// broker serves a StartRequest's Ledger to the runner; nil outside
+	// go-plugin, where a Ledger cannot be passed.
+	broker *goplugin.GRPCBroker
 }
 
 var _ Runner = (*GRPCClient)(nil)
@@ -72,7 +77,14 @@ func callErr(ctx context.Context, method string, err error) error {
 
 // Start implements Runner.
 func (c *GRPCClient) Start(ctx context.Context, req StartRequest) error {
-	_, err := c.client.Start(ctx, &pb.StartRequest{Job: req.Job, Resume: req.Resume, RetryFailed: req.RetryFailed, Guard: guardToPB(req.Guard)})
+	r := &pb.StartRequest{Job: req.Job, Resume: req.Resume, RetryFailed: req.RetryFailed, Guard: guardToPB(req.Guard)}
+	if req.Ledger != nil {
+		if c.broker == nil {
+			return errors.New("call runner Start: a ledger needs go-plugin's broker")
+		}
+		r.Ledger = serveLedger(c.broker, req.Ledger)
+	}
+	_, err := c.client.Start(ctx, r)
 	if err != nil {
 		return callErr(ctx, "Start", err)
 	}
@@ -162,14 +174,26 @@ func (c *GRPCClient) SetGuard(ctx context.Context, g Guard) error {
 // call to Impl with the call's context.
 type GRPCServer struct {
 	pb.UnimplementedRunnerServer
-	Impl Runner
+	Impl   Runner
+	broker *goplugin.GRPCBroker
 }
 
 var _ pb.RunnerServer = (*GRPCServer)(nil)
 
 // Start implements pb.RunnerServer.
 func (s *GRPCServer) Start(ctx context.Context, r *pb.StartRequest) (*pb.StartResponse, error) {
-	err := s.Impl.Start(ctx, StartRequest{Job: r.GetJob(), Resume: r.GetResume(), RetryFailed: r.GetRetryFailed(), Guard: guardFromPB(r.GetGuard())})
+	req := StartRequest{Job: r.GetJob(), Resume: r.GetResume(), RetryFailed: r.GetRetryFailed(), Guard: guardFromPB(r.GetGuard())}
+	if id := r.GetLedger(); id != 0 {
+		if s.broker == nil {
+			return nil, toStatus(fmt.Errorf("%w: the start names a ledger, but this runner has no broker", ErrInvalidJob))
+		}
+		l, err := dialLedger(s.broker, id)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		req.Ledger = l
+	}
+	err := s.Impl.Start(ctx, req)
 	if err != nil {
 		return nil, toStatus(err)
 	}

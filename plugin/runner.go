@@ -69,6 +69,10 @@ type StartRequest struct {
 	RetryFailed bool
 	// Guard is the runner's memory guard from the start.
 	Guard Guard
+	// Ledger, in a fleet, is where the runner commits its checkpoints and
+	// failure records first, and asks how long it may still write. Nil
+	// keeps them in the job's state directory only.
+	Ledger Ledger
 }
 
 // State is where a runner's job stands.

@@ -83,6 +83,14 @@ type Options struct {
 	// Limit is the memory budget for the GC hygiene rules; 0 turns the
 	// percentage rules off.
 	Limit int64
+	// Remote, in a fleet, records every commit before the state
+	// directory does; the local checkpoint moves only once it accepted.
+	Remote Remote
+	// Fence, if set, is asked before every target write and every
+	// commit. Its first error (the job's lease is lost) stops the job at
+	// once: nothing is written or committed after it, and Run returns an
+	// error wrapping ErrFenced.
+	Fence func() error
 }
 
 // Progress is a snapshot of the counters.
@@ -118,9 +126,13 @@ type Batcher struct {
 	// checkpoint, by external id, so the redone batch does not repeat them.
 	recovered map[string]int64
 
-	fresh   bool // the job had no checkpoint
-	finder  connector.MatchFinder
-	fails   *faillog.Writer
+	fresh  bool // the job had no checkpoint
+	finder connector.MatchFinder
+	fails  *faillog.Writer
+	// failBase is the number of failure records fails opened with.
+	failBase int64
+	// fenced holds the first error Fence returned.
+	fenced  atomic.Pointer[error]
 	cp      checkpoint.Checkpoint
 	dry     *dryRun
 	dryNext int64
@@ -264,17 +276,28 @@ func (b *Batcher) Run(ctx context.Context) (Result, error) {
 			return Result{}, fmt.Errorf("sync target: %w", err)
 		}
 		cp.Target, cp.Time = mark, b.now().UTC()
+		if err := b.commitRemote(ctx, cp, "", 0, 0); err != nil {
+			return Result{}, err
+		}
 		if err := checkpoint.Save(b.o.Dir, cp); err != nil {
 			return Result{}, err
 		}
 		b.cp = cp
 	}
-	fails, err := faillog.Open(filepath.Join(b.o.Dir, FailedFile), cp.FailedBytes)
+	failPath := filepath.Join(b.o.Dir, FailedFile)
+	if cp.FailedRecords == 0 && cp.FailedBytes > 0 {
+		// A checkpoint from before failure records were counted.
+		if cp.FailedRecords, err = countLines(failPath, cp.FailedBytes); err != nil {
+			return Result{}, err
+		}
+		b.cp.FailedRecords = cp.FailedRecords
+	}
+	fails, err := faillog.Open(failPath, cp.FailedBytes)
 	if err != nil {
 		return Result{}, err
 	}
 	defer fails.Close()
-	b.fails = fails
+	b.fails, b.failBase = fails, cp.FailedRecords
 
 	if b.o.RetryFailed {
 		return b.retryFailed(ctx)
@@ -643,6 +666,10 @@ func (b *Batcher) writeSnapshot() (*checkpoint.Snapshot, error) {
 // and fsynced while the target's fsync runs; it is renamed into place only
 // after both are done, so the order the invariant needs is kept.
 func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, snap *checkpoint.Snapshot, part *checkpoint.Partial) error {
+	// A job that may no longer write flushes nothing to the target.
+	if err := b.checkFence(); err != nil {
+		return err
+	}
 	fsize, err := b.fails.Sync()
 	if err != nil {
 		return err
@@ -667,6 +694,9 @@ func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, 
 		}()
 		pending, err = checkpoint.Prepare(b.o.Dir, cp)
 		wg.Wait()
+		if serr == nil && err == nil {
+			err = b.commitFailuresAndRemote(ctx, cp)
+		}
 		if serr != nil || err != nil {
 			if pending != nil {
 				pending.Abort()
@@ -686,10 +716,19 @@ func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, 
 		return fmt.Errorf("sync target before checkpoint: %w", err)
 	}
 	cp := b.nextCheckpoint(next, mark, fsize, done, snap, part)
+	if err := b.commitFailuresAndRemote(ctx, cp); err != nil {
+		return err
+	}
 	if err := checkpoint.Save(b.o.Dir, cp); err != nil {
 		return err
 	}
 	return b.committed(cp)
+}
+
+// commitFailuresAndRemote records cp, and the failures logged since the
+// last checkpoint, in the Remote.
+func (b *Batcher) commitFailuresAndRemote(ctx context.Context, cp checkpoint.Checkpoint) error {
+	return b.commitRemote(ctx, cp, filepath.Join(b.o.Dir, FailedFile), b.cp.FailedBytes, b.cp.FailedRecords)
 }
 
 func (b *Batcher) nextCheckpoint(next connector.Cursor, mark connector.Mark, fsize int64, done bool, snap *checkpoint.Snapshot, part *checkpoint.Partial) checkpoint.Checkpoint {
@@ -705,6 +744,7 @@ func (b *Batcher) nextCheckpoint(next connector.Cursor, mark connector.Mark, fsi
 	cp.Partial = part.Clone()
 	cp.Target = mark
 	cp.FailedBytes = fsize
+	cp.FailedRecords = b.failBase + b.fails.Added()
 	cp.Counters = b.prog.Counters
 	cp.Counters.ByCategory = cloneCounts(b.prog.ByCategory)
 	cp.Done = done

@@ -327,6 +327,11 @@ func (b *Batcher) execute(ctx context.Context, tasks []task, stoppable bool) (he
 }
 
 func (b *Batcher) write(ctx context.Context, t *task) {
+	if b.checkFence() != nil {
+		// Not sent: the batch is redone by the job's next owner.
+		t.held = true
+		return
+	}
 	if b.o.AfterWrite != nil {
 		defer b.o.AfterWrite()
 	}

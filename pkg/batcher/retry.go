@@ -136,10 +136,7 @@ func (b *Batcher) retryFailed(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return Result{}, fmt.Errorf("replace failures log: %w", err)
-	}
-	if err := atomicfile.SyncDir(b.o.Dir); err != nil {
+	if err := b.checkFence(); err != nil {
 		return Result{}, err
 	}
 	mark, err := b.o.Target.Sync(ctx)
@@ -154,9 +151,21 @@ func (b *Batcher) retryFailed(ctx context.Context) (Result, error) {
 	cp.Counters = p
 	cp.Counters.ByCategory = cloneCounts(p.ByCategory)
 	cp.FailedBytes = size
+	cp.FailedRecords = next.Added()
 	cp.Target = mark
 	cp.Time = b.now().UTC()
 	b.mu.Unlock()
+	// The fleet gets the new log first, whole: until it has it, the old
+	// one stays in force everywhere.
+	if err := b.commitRemote(ctx, cp, tmp, 0, 0); err != nil {
+		return Result{}, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return Result{}, fmt.Errorf("replace failures log: %w", err)
+	}
+	if err := atomicfile.SyncDir(b.o.Dir); err != nil {
+		return Result{}, err
+	}
 	if err := checkpoint.Save(b.o.Dir, cp); err != nil {
 		return Result{}, err
 	}

@@ -83,9 +83,13 @@ type Checkpoint struct {
 	// Target is the target's Mark after the batch's writes were synced.
 	Target connector.Mark `json:"target"`
 	// FailedBytes is the size of failed.jsonl at the commit.
-	FailedBytes int64     `json:"failed_bytes"`
-	Counters    Counters  `json:"counters"`
-	Snapshot    *Snapshot `json:"snapshot,omitempty"`
+	FailedBytes int64 `json:"failed_bytes"`
+	// FailedRecords is the number of lines of failed.jsonl at the commit:
+	// a fleet's database numbers failure records, not bytes. Checkpoints
+	// written before it existed have 0 with FailedBytes > 0.
+	FailedRecords int64     `json:"failed_records,omitempty"`
+	Counters      Counters  `json:"counters"`
+	Snapshot      *Snapshot `json:"snapshot,omitempty"`
 	// Partial, when set, says which items of the batch at Source were
 	// written before a drain stopped it; a resume does only the others.
 	Partial *Partial `json:"partial,omitempty"`
@@ -252,7 +256,7 @@ func Decode(path string, data []byte) (Checkpoint, error) {
 	if err := dec.Decode(&cp); err != nil {
 		return corrupt("bad body: %v", err)
 	}
-	if cp.Seq < 0 || cp.Source.Index < 0 || cp.Target < 0 || cp.FailedBytes < 0 {
+	if cp.Seq < 0 || cp.Source.Index < 0 || cp.Target < 0 || cp.FailedBytes < 0 || cp.FailedRecords < 0 {
 		return corrupt("negative position")
 	}
 	if p := cp.Partial; p != nil {

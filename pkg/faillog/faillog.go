@@ -33,6 +33,7 @@ type Writer struct {
 	f     *os.File
 	w     *bufio.Writer
 	size  int64
+	added int64
 	enc   *json.Encoder
 	buf   bytes.Buffer
 }
@@ -81,6 +82,7 @@ func (w *Writer) Append(e Entry) error {
 	}
 	n, err := w.w.Write(w.buf.Bytes())
 	w.size += int64(n)
+	w.added++
 	w.dirty = true
 	if err != nil {
 		return fmt.Errorf("write failures log %s: %w", w.path, err)
@@ -106,6 +108,9 @@ func (w *Writer) Sync() (int64, error) {
 
 // Size returns the bytes written so far.
 func (w *Writer) Size() int64 { return w.size }
+
+// Added returns how many entries were appended since Open.
+func (w *Writer) Added() int64 { return w.added }
 
 // Close syncs and closes the file.
 func (w *Writer) Close() error {

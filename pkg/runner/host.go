@@ -169,6 +169,20 @@ func (h *Host) StartSpec(ctx context.Context, spec job.Spec, req plugin.StartReq
 	if d := spec.Inject.SlowWrite; d > 0 {
 		tgt = slowTarget{Target: tgt, d: d.D()}
 	}
+	var (
+		fence  *leaseFence
+		remote batcher.Remote
+		fenceF func() error
+	)
+	if req.Ledger != nil {
+		if fence, err = newLeaseFence(ctx, req.Ledger, h.log); err != nil {
+			src.Close()
+			tgt.Close()
+			lk.Unlock()
+			return fail(fmt.Errorf("start job %s: %w", spec.ID, err))
+		}
+		remote, fenceF = ledgerRemote{req.Ledger}, fence.check
+	}
 	b, err := batcher.New(batcher.Options{
 		Spec: spec, Source: src, Target: tgt, Dir: dir, Logger: h.log,
 		Resume: req.Resume, RetryFailed: req.RetryFailed,
@@ -177,6 +191,8 @@ func (h *Host) StartSpec(ctx context.Context, spec job.Spec, req plugin.StartReq
 		AfterCommit: h.afterCommit,
 		AfterWrite:  h.guard.afterWrite,
 		Limit:       limit,
+		Remote:      remote,
+		Fence:       fenceF,
 	})
 	if err != nil {
 		src.Close()
@@ -207,6 +223,13 @@ func (h *Host) StartSpec(ctx context.Context, spec job.Spec, req plugin.StartReq
 		defer h.wg.Done()
 		h.inj.leakOverTime(runCtx, h.done)
 	}()
+	if fence != nil {
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			fence.run(runCtx, h.done)
+		}()
+	}
 	return nil
 }
 

@@ -29,6 +29,264 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AppendFailuresRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	After int64                  `protobuf:"varint,1,opt,name=after,proto3" json:"after,omitempty"`
+	// One failure-log line (a JSON object) each.
+	Lines         [][]byte `protobuf:"bytes,2,rep,name=lines,proto3" json:"lines,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendFailuresRequest) Reset() {
+	*x = AppendFailuresRequest{}
+	mi := &file_plugin_proto_runner_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendFailuresRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendFailuresRequest) ProtoMessage() {}
+
+func (x *AppendFailuresRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plugin_proto_runner_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendFailuresRequest.ProtoReflect.Descriptor instead.
+func (*AppendFailuresRequest) Descriptor() ([]byte, []int) {
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AppendFailuresRequest) GetAfter() int64 {
+	if x != nil {
+		return x.After
+	}
+	return 0
+}
+
+func (x *AppendFailuresRequest) GetLines() [][]byte {
+	if x != nil {
+		return x.Lines
+	}
+	return nil
+}
+
+type AppendFailuresResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendFailuresResponse) Reset() {
+	*x = AppendFailuresResponse{}
+	mi := &file_plugin_proto_runner_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendFailuresResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendFailuresResponse) ProtoMessage() {}
+
+func (x *AppendFailuresResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plugin_proto_runner_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendFailuresResponse.ProtoReflect.Descriptor instead.
+func (*AppendFailuresResponse) Descriptor() ([]byte, []int) {
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{1}
+}
+
+type CommitRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The checkpoint, JSON-encoded as checkpoint.Checkpoint.
+	Checkpoint    []byte `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	FailedRecords int64  `protobuf:"varint,2,opt,name=failed_records,json=failedRecords,proto3" json:"failed_records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitRequest) Reset() {
+	*x = CommitRequest{}
+	mi := &file_plugin_proto_runner_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitRequest) ProtoMessage() {}
+
+func (x *CommitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plugin_proto_runner_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitRequest.ProtoReflect.Descriptor instead.
+func (*CommitRequest) Descriptor() ([]byte, []int) {
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CommitRequest) GetCheckpoint() []byte {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+func (x *CommitRequest) GetFailedRecords() int64 {
+	if x != nil {
+		return x.FailedRecords
+	}
+	return 0
+}
+
+type CommitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitResponse) Reset() {
+	*x = CommitResponse{}
+	mi := &file_plugin_proto_runner_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitResponse) ProtoMessage() {}
+
+func (x *CommitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plugin_proto_runner_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitResponse.ProtoReflect.Descriptor instead.
+func (*CommitResponse) Descriptor() ([]byte, []int) {
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{3}
+}
+
+type LeaseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRequest) Reset() {
+	*x = LeaseRequest{}
+	mi := &file_plugin_proto_runner_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRequest) ProtoMessage() {}
+
+func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plugin_proto_runner_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
+func (*LeaseRequest) Descriptor() ([]byte, []int) {
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{4}
+}
+
+type LeaseResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ValidFor      *durationpb.Duration   `protobuf:"bytes,1,opt,name=valid_for,json=validFor,proto3" json:"valid_for,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseResponse) Reset() {
+	*x = LeaseResponse{}
+	mi := &file_plugin_proto_runner_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseResponse) ProtoMessage() {}
+
+func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plugin_proto_runner_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
+func (*LeaseResponse) Descriptor() ([]byte, []int) {
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *LeaseResponse) GetValidFor() *durationpb.Duration {
+	if x != nil {
+		return x.ValidFor
+	}
+	return nil
+}
+
 // Guard holds the lines of the runner's own memory guard, in bytes of the
 // runner's usage as it measures it. Crossing gc_bytes makes it collect
 // garbage once; crossing drain_bytes makes it drain itself. Zero turns a
@@ -43,7 +301,7 @@ type Guard struct {
 
 func (x *Guard) Reset() {
 	*x = Guard{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[0]
+	mi := &file_plugin_proto_runner_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -55,7 +313,7 @@ func (x *Guard) String() string {
 func (*Guard) ProtoMessage() {}
 
 func (x *Guard) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[0]
+	mi := &file_plugin_proto_runner_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -68,7 +326,7 @@ func (x *Guard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Guard.ProtoReflect.Descriptor instead.
 func (*Guard) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{0}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Guard) GetGcBytes() uint64 {
@@ -93,7 +351,7 @@ type SetGuardResponse struct {
 
 func (x *SetGuardResponse) Reset() {
 	*x = SetGuardResponse{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[1]
+	mi := &file_plugin_proto_runner_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -105,7 +363,7 @@ func (x *SetGuardResponse) String() string {
 func (*SetGuardResponse) ProtoMessage() {}
 
 func (x *SetGuardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[1]
+	mi := &file_plugin_proto_runner_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -118,23 +376,26 @@ func (x *SetGuardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetGuardResponse.ProtoReflect.Descriptor instead.
 func (*SetGuardResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{1}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{7}
 }
 
 type StartRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The job spec, JSON-encoded as job.Spec.
-	Job           []byte `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Resume        bool   `protobuf:"varint,2,opt,name=resume,proto3" json:"resume,omitempty"`
-	RetryFailed   bool   `protobuf:"varint,3,opt,name=retry_failed,json=retryFailed,proto3" json:"retry_failed,omitempty"`
-	Guard         *Guard `protobuf:"bytes,4,opt,name=guard,proto3" json:"guard,omitempty"`
+	Job         []byte `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Resume      bool   `protobuf:"varint,2,opt,name=resume,proto3" json:"resume,omitempty"`
+	RetryFailed bool   `protobuf:"varint,3,opt,name=retry_failed,json=retryFailed,proto3" json:"retry_failed,omitempty"`
+	Guard       *Guard `protobuf:"bytes,4,opt,name=guard,proto3" json:"guard,omitempty"`
+	// The go-plugin broker id of the supervisor's Ledger service; 0 when
+	// the job keeps its checkpoints in files only.
+	Ledger        uint32 `protobuf:"varint,5,opt,name=ledger,proto3" json:"ledger,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[2]
+	mi := &file_plugin_proto_runner_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -146,7 +407,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[2]
+	mi := &file_plugin_proto_runner_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -159,7 +420,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{2}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StartRequest) GetJob() []byte {
@@ -190,6 +451,13 @@ func (x *StartRequest) GetGuard() *Guard {
 	return nil
 }
 
+func (x *StartRequest) GetLedger() uint32 {
+	if x != nil {
+		return x.Ledger
+	}
+	return 0
+}
+
 type StartResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -198,7 +466,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[3]
+	mi := &file_plugin_proto_runner_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +478,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[3]
+	mi := &file_plugin_proto_runner_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +491,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{3}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{9}
 }
 
 type StatsRequest struct {
@@ -234,7 +502,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[4]
+	mi := &file_plugin_proto_runner_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -246,7 +514,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[4]
+	mi := &file_plugin_proto_runner_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -259,7 +527,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{4}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{10}
 }
 
 type GCRequest struct {
@@ -270,7 +538,7 @@ type GCRequest struct {
 
 func (x *GCRequest) Reset() {
 	*x = GCRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[5]
+	mi := &file_plugin_proto_runner_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -282,7 +550,7 @@ func (x *GCRequest) String() string {
 func (*GCRequest) ProtoMessage() {}
 
 func (x *GCRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[5]
+	mi := &file_plugin_proto_runner_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -295,7 +563,7 @@ func (x *GCRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCRequest.ProtoReflect.Descriptor instead.
 func (*GCRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{5}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{11}
 }
 
 type DrainRequest struct {
@@ -307,7 +575,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[6]
+	mi := &file_plugin_proto_runner_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -319,7 +587,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[6]
+	mi := &file_plugin_proto_runner_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -332,7 +600,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{6}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DrainRequest) GetDeadline() *timestamppb.Timestamp {
@@ -350,7 +618,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[7]
+	mi := &file_plugin_proto_runner_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +630,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[7]
+	mi := &file_plugin_proto_runner_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +643,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{7}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{13}
 }
 
 type CancelResponse struct {
@@ -386,7 +654,7 @@ type CancelResponse struct {
 
 func (x *CancelResponse) Reset() {
 	*x = CancelResponse{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[8]
+	mi := &file_plugin_proto_runner_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +666,7 @@ func (x *CancelResponse) String() string {
 func (*CancelResponse) ProtoMessage() {}
 
 func (x *CancelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[8]
+	mi := &file_plugin_proto_runner_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +679,7 @@ func (x *CancelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
 func (*CancelResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{8}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{14}
 }
 
 type WatchRequest struct {
@@ -422,7 +690,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[9]
+	mi := &file_plugin_proto_runner_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -434,7 +702,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[9]
+	mi := &file_plugin_proto_runner_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -447,7 +715,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{9}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{15}
 }
 
 type HeapProfileRequest struct {
@@ -458,7 +726,7 @@ type HeapProfileRequest struct {
 
 func (x *HeapProfileRequest) Reset() {
 	*x = HeapProfileRequest{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[10]
+	mi := &file_plugin_proto_runner_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +738,7 @@ func (x *HeapProfileRequest) String() string {
 func (*HeapProfileRequest) ProtoMessage() {}
 
 func (x *HeapProfileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[10]
+	mi := &file_plugin_proto_runner_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +751,7 @@ func (x *HeapProfileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeapProfileRequest.ProtoReflect.Descriptor instead.
 func (*HeapProfileRequest) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{10}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{16}
 }
 
 type HeapProfileResponse struct {
@@ -495,7 +763,7 @@ type HeapProfileResponse struct {
 
 func (x *HeapProfileResponse) Reset() {
 	*x = HeapProfileResponse{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[11]
+	mi := &file_plugin_proto_runner_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +775,7 @@ func (x *HeapProfileResponse) String() string {
 func (*HeapProfileResponse) ProtoMessage() {}
 
 func (x *HeapProfileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[11]
+	mi := &file_plugin_proto_runner_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +788,7 @@ func (x *HeapProfileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeapProfileResponse.ProtoReflect.Descriptor instead.
 func (*HeapProfileResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{11}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HeapProfileResponse) GetProfile() []byte {
@@ -551,7 +819,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[12]
+	mi := &file_plugin_proto_runner_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +831,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[12]
+	mi := &file_plugin_proto_runner_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +844,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{12}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Progress) GetTotal() int64 {
@@ -687,7 +955,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[13]
+	mi := &file_plugin_proto_runner_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +967,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[13]
+	mi := &file_plugin_proto_runner_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +980,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{13}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StatsResponse) GetState() string {
@@ -817,7 +1085,7 @@ type MemFigures struct {
 
 func (x *MemFigures) Reset() {
 	*x = MemFigures{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[14]
+	mi := &file_plugin_proto_runner_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +1097,7 @@ func (x *MemFigures) String() string {
 func (*MemFigures) ProtoMessage() {}
 
 func (x *MemFigures) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[14]
+	mi := &file_plugin_proto_runner_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +1110,7 @@ func (x *MemFigures) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemFigures.ProtoReflect.Descriptor instead.
 func (*MemFigures) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{14}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MemFigures) GetRssBytes() uint64 {
@@ -877,7 +1145,7 @@ type GCResponse struct {
 
 func (x *GCResponse) Reset() {
 	*x = GCResponse{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[15]
+	mi := &file_plugin_proto_runner_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +1157,7 @@ func (x *GCResponse) String() string {
 func (*GCResponse) ProtoMessage() {}
 
 func (x *GCResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[15]
+	mi := &file_plugin_proto_runner_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +1170,7 @@ func (x *GCResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCResponse.ProtoReflect.Descriptor instead.
 func (*GCResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{15}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GCResponse) GetBefore() *MemFigures {
@@ -942,7 +1210,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[16]
+	mi := &file_plugin_proto_runner_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1222,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[16]
+	mi := &file_plugin_proto_runner_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1235,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{16}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Checkpoint) GetBatches() int64 {
@@ -1030,7 +1298,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_plugin_proto_runner_proto_msgTypes[17]
+	mi := &file_plugin_proto_runner_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1310,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_proto_runner_proto_msgTypes[17]
+	mi := &file_plugin_proto_runner_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1323,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{17}
+	return file_plugin_proto_runner_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Event) GetKind() string {
@@ -1112,16 +1380,30 @@ var File_plugin_proto_runner_proto protoreflect.FileDescriptor
 const file_plugin_proto_runner_proto_rawDesc = "" +
 	"\n" +
 	"\x19plugin/proto/runner.proto\x12\x12memvisor.plugin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n" +
+	"\x15AppendFailuresRequest\x12\x14\n" +
+	"\x05after\x18\x01 \x01(\x03R\x05after\x12\x14\n" +
+	"\x05lines\x18\x02 \x03(\fR\x05lines\"\x18\n" +
+	"\x16AppendFailuresResponse\"V\n" +
+	"\rCommitRequest\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\fR\n" +
+	"checkpoint\x12%\n" +
+	"\x0efailed_records\x18\x02 \x01(\x03R\rfailedRecords\"\x10\n" +
+	"\x0eCommitResponse\"\x0e\n" +
+	"\fLeaseRequest\"G\n" +
+	"\rLeaseResponse\x126\n" +
+	"\tvalid_for\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\bvalidFor\"C\n" +
 	"\x05Guard\x12\x19\n" +
 	"\bgc_bytes\x18\x01 \x01(\x04R\agcBytes\x12\x1f\n" +
 	"\vdrain_bytes\x18\x02 \x01(\x04R\n" +
 	"drainBytes\"\x12\n" +
-	"\x10SetGuardResponse\"\x8c\x01\n" +
+	"\x10SetGuardResponse\"\xa4\x01\n" +
 	"\fStartRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\fR\x03job\x12\x16\n" +
 	"\x06resume\x18\x02 \x01(\bR\x06resume\x12!\n" +
 	"\fretry_failed\x18\x03 \x01(\bR\vretryFailed\x12/\n" +
-	"\x05guard\x18\x04 \x01(\v2\x19.memvisor.plugin.v1.GuardR\x05guard\"\x0f\n" +
+	"\x05guard\x18\x04 \x01(\v2\x19.memvisor.plugin.v1.GuardR\x05guard\x12\x16\n" +
+	"\x06ledger\x18\x05 \x01(\rR\x06ledger\"\x0f\n" +
 	"\rStartResponse\"\x0e\n" +
 	"\fStatsRequest\"\v\n" +
 	"\tGCRequest\"F\n" +
@@ -1201,7 +1483,11 @@ const file_plugin_proto_runner_proto_rawDesc = "" +
 	"\x06Cancel\x12!.memvisor.plugin.v1.CancelRequest\x1a\".memvisor.plugin.v1.CancelResponse\x12F\n" +
 	"\x05Watch\x12 .memvisor.plugin.v1.WatchRequest\x1a\x19.memvisor.plugin.v1.Event0\x01\x12^\n" +
 	"\vHeapProfile\x12&.memvisor.plugin.v1.HeapProfileRequest\x1a'.memvisor.plugin.v1.HeapProfileResponse\x12K\n" +
-	"\bSetGuard\x12\x19.memvisor.plugin.v1.Guard\x1a$.memvisor.plugin.v1.SetGuardResponseB1Z/github.com/memvisor/memvisor/plugin/proto;protob\x06proto3"
+	"\bSetGuard\x12\x19.memvisor.plugin.v1.Guard\x1a$.memvisor.plugin.v1.SetGuardResponse2\x90\x02\n" +
+	"\x06Ledger\x12g\n" +
+	"\x0eAppendFailures\x12).memvisor.plugin.v1.AppendFailuresRequest\x1a*.memvisor.plugin.v1.AppendFailuresResponse\x12O\n" +
+	"\x06Commit\x12!.memvisor.plugin.v1.CommitRequest\x1a\".memvisor.plugin.v1.CommitResponse\x12L\n" +
+	"\x05Lease\x12 .memvisor.plugin.v1.LeaseRequest\x1a!.memvisor.plugin.v1.LeaseResponseB1Z/github.com/memvisor/memvisor/plugin/proto;protob\x06proto3"
 
 var (
 	file_plugin_proto_runner_proto_rawDescOnce sync.Once
@@ -1215,65 +1501,78 @@ func file_plugin_proto_runner_proto_rawDescGZIP() []byte {
 	return file_plugin_proto_runner_proto_rawDescData
 }
 
-var file_plugin_proto_runner_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_plugin_proto_runner_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_plugin_proto_runner_proto_goTypes = []any{
-	(*Guard)(nil),                 // 0: memvisor.plugin.v1.Guard
-	(*SetGuardResponse)(nil),      // 1: memvisor.plugin.v1.SetGuardResponse
-	(*StartRequest)(nil),          // 2: memvisor.plugin.v1.StartRequest
-	(*StartResponse)(nil),         // 3: memvisor.plugin.v1.StartResponse
-	(*StatsRequest)(nil),          // 4: memvisor.plugin.v1.StatsRequest
-	(*GCRequest)(nil),             // 5: memvisor.plugin.v1.GCRequest
-	(*DrainRequest)(nil),          // 6: memvisor.plugin.v1.DrainRequest
-	(*CancelRequest)(nil),         // 7: memvisor.plugin.v1.CancelRequest
-	(*CancelResponse)(nil),        // 8: memvisor.plugin.v1.CancelResponse
-	(*WatchRequest)(nil),          // 9: memvisor.plugin.v1.WatchRequest
-	(*HeapProfileRequest)(nil),    // 10: memvisor.plugin.v1.HeapProfileRequest
-	(*HeapProfileResponse)(nil),   // 11: memvisor.plugin.v1.HeapProfileResponse
-	(*Progress)(nil),              // 12: memvisor.plugin.v1.Progress
-	(*StatsResponse)(nil),         // 13: memvisor.plugin.v1.StatsResponse
-	(*MemFigures)(nil),            // 14: memvisor.plugin.v1.MemFigures
-	(*GCResponse)(nil),            // 15: memvisor.plugin.v1.GCResponse
-	(*Checkpoint)(nil),            // 16: memvisor.plugin.v1.Checkpoint
-	(*Event)(nil),                 // 17: memvisor.plugin.v1.Event
-	nil,                           // 18: memvisor.plugin.v1.Progress.ErrorsByCategoryEntry
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*AppendFailuresRequest)(nil),  // 0: memvisor.plugin.v1.AppendFailuresRequest
+	(*AppendFailuresResponse)(nil), // 1: memvisor.plugin.v1.AppendFailuresResponse
+	(*CommitRequest)(nil),          // 2: memvisor.plugin.v1.CommitRequest
+	(*CommitResponse)(nil),         // 3: memvisor.plugin.v1.CommitResponse
+	(*LeaseRequest)(nil),           // 4: memvisor.plugin.v1.LeaseRequest
+	(*LeaseResponse)(nil),          // 5: memvisor.plugin.v1.LeaseResponse
+	(*Guard)(nil),                  // 6: memvisor.plugin.v1.Guard
+	(*SetGuardResponse)(nil),       // 7: memvisor.plugin.v1.SetGuardResponse
+	(*StartRequest)(nil),           // 8: memvisor.plugin.v1.StartRequest
+	(*StartResponse)(nil),          // 9: memvisor.plugin.v1.StartResponse
+	(*StatsRequest)(nil),           // 10: memvisor.plugin.v1.StatsRequest
+	(*GCRequest)(nil),              // 11: memvisor.plugin.v1.GCRequest
+	(*DrainRequest)(nil),           // 12: memvisor.plugin.v1.DrainRequest
+	(*CancelRequest)(nil),          // 13: memvisor.plugin.v1.CancelRequest
+	(*CancelResponse)(nil),         // 14: memvisor.plugin.v1.CancelResponse
+	(*WatchRequest)(nil),           // 15: memvisor.plugin.v1.WatchRequest
+	(*HeapProfileRequest)(nil),     // 16: memvisor.plugin.v1.HeapProfileRequest
+	(*HeapProfileResponse)(nil),    // 17: memvisor.plugin.v1.HeapProfileResponse
+	(*Progress)(nil),               // 18: memvisor.plugin.v1.Progress
+	(*StatsResponse)(nil),          // 19: memvisor.plugin.v1.StatsResponse
+	(*MemFigures)(nil),             // 20: memvisor.plugin.v1.MemFigures
+	(*GCResponse)(nil),             // 21: memvisor.plugin.v1.GCResponse
+	(*Checkpoint)(nil),             // 22: memvisor.plugin.v1.Checkpoint
+	(*Event)(nil),                  // 23: memvisor.plugin.v1.Event
+	nil,                            // 24: memvisor.plugin.v1.Progress.ErrorsByCategoryEntry
+	(*durationpb.Duration)(nil),    // 25: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 26: google.protobuf.Timestamp
 }
 var file_plugin_proto_runner_proto_depIdxs = []int32{
-	0,  // 0: memvisor.plugin.v1.StartRequest.guard:type_name -> memvisor.plugin.v1.Guard
-	19, // 1: memvisor.plugin.v1.DrainRequest.deadline:type_name -> google.protobuf.Timestamp
-	19, // 2: memvisor.plugin.v1.Progress.rate_limited_until:type_name -> google.protobuf.Timestamp
-	18, // 3: memvisor.plugin.v1.Progress.errors_by_category:type_name -> memvisor.plugin.v1.Progress.ErrorsByCategoryEntry
-	12, // 4: memvisor.plugin.v1.StatsResponse.progress:type_name -> memvisor.plugin.v1.Progress
-	14, // 5: memvisor.plugin.v1.GCResponse.before:type_name -> memvisor.plugin.v1.MemFigures
-	14, // 6: memvisor.plugin.v1.GCResponse.after:type_name -> memvisor.plugin.v1.MemFigures
-	20, // 7: memvisor.plugin.v1.GCResponse.duration:type_name -> google.protobuf.Duration
-	12, // 8: memvisor.plugin.v1.Checkpoint.progress:type_name -> memvisor.plugin.v1.Progress
-	20, // 9: memvisor.plugin.v1.Checkpoint.drain_duration:type_name -> google.protobuf.Duration
-	19, // 10: memvisor.plugin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	12, // 11: memvisor.plugin.v1.Event.progress:type_name -> memvisor.plugin.v1.Progress
-	20, // 12: memvisor.plugin.v1.Event.drain_duration:type_name -> google.protobuf.Duration
-	2,  // 13: memvisor.plugin.v1.Runner.Start:input_type -> memvisor.plugin.v1.StartRequest
-	4,  // 14: memvisor.plugin.v1.Runner.Stats:input_type -> memvisor.plugin.v1.StatsRequest
-	5,  // 15: memvisor.plugin.v1.Runner.GC:input_type -> memvisor.plugin.v1.GCRequest
-	6,  // 16: memvisor.plugin.v1.Runner.Drain:input_type -> memvisor.plugin.v1.DrainRequest
-	7,  // 17: memvisor.plugin.v1.Runner.Cancel:input_type -> memvisor.plugin.v1.CancelRequest
-	9,  // 18: memvisor.plugin.v1.Runner.Watch:input_type -> memvisor.plugin.v1.WatchRequest
-	10, // 19: memvisor.plugin.v1.Runner.HeapProfile:input_type -> memvisor.plugin.v1.HeapProfileRequest
-	0,  // 20: memvisor.plugin.v1.Runner.SetGuard:input_type -> memvisor.plugin.v1.Guard
-	3,  // 21: memvisor.plugin.v1.Runner.Start:output_type -> memvisor.plugin.v1.StartResponse
-	13, // 22: memvisor.plugin.v1.Runner.Stats:output_type -> memvisor.plugin.v1.StatsResponse
-	15, // 23: memvisor.plugin.v1.Runner.GC:output_type -> memvisor.plugin.v1.GCResponse
-	16, // 24: memvisor.plugin.v1.Runner.Drain:output_type -> memvisor.plugin.v1.Checkpoint
-	8,  // 25: memvisor.plugin.v1.Runner.Cancel:output_type -> memvisor.plugin.v1.CancelResponse
-	17, // 26: memvisor.plugin.v1.Runner.Watch:output_type -> memvisor.plugin.v1.Event
-	11, // 27: memvisor.plugin.v1.Runner.HeapProfile:output_type -> memvisor.plugin.v1.HeapProfileResponse
-	1,  // 28: memvisor.plugin.v1.Runner.SetGuard:output_type -> memvisor.plugin.v1.SetGuardResponse
-	21, // [21:29] is the sub-list for method output_type
-	13, // [13:21] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	25, // 0: memvisor.plugin.v1.LeaseResponse.valid_for:type_name -> google.protobuf.Duration
+	6,  // 1: memvisor.plugin.v1.StartRequest.guard:type_name -> memvisor.plugin.v1.Guard
+	26, // 2: memvisor.plugin.v1.DrainRequest.deadline:type_name -> google.protobuf.Timestamp
+	26, // 3: memvisor.plugin.v1.Progress.rate_limited_until:type_name -> google.protobuf.Timestamp
+	24, // 4: memvisor.plugin.v1.Progress.errors_by_category:type_name -> memvisor.plugin.v1.Progress.ErrorsByCategoryEntry
+	18, // 5: memvisor.plugin.v1.StatsResponse.progress:type_name -> memvisor.plugin.v1.Progress
+	20, // 6: memvisor.plugin.v1.GCResponse.before:type_name -> memvisor.plugin.v1.MemFigures
+	20, // 7: memvisor.plugin.v1.GCResponse.after:type_name -> memvisor.plugin.v1.MemFigures
+	25, // 8: memvisor.plugin.v1.GCResponse.duration:type_name -> google.protobuf.Duration
+	18, // 9: memvisor.plugin.v1.Checkpoint.progress:type_name -> memvisor.plugin.v1.Progress
+	25, // 10: memvisor.plugin.v1.Checkpoint.drain_duration:type_name -> google.protobuf.Duration
+	26, // 11: memvisor.plugin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	18, // 12: memvisor.plugin.v1.Event.progress:type_name -> memvisor.plugin.v1.Progress
+	25, // 13: memvisor.plugin.v1.Event.drain_duration:type_name -> google.protobuf.Duration
+	8,  // 14: memvisor.plugin.v1.Runner.Start:input_type -> memvisor.plugin.v1.StartRequest
+	10, // 15: memvisor.plugin.v1.Runner.Stats:input_type -> memvisor.plugin.v1.StatsRequest
+	11, // 16: memvisor.plugin.v1.Runner.GC:input_type -> memvisor.plugin.v1.GCRequest
+	12, // 17: memvisor.plugin.v1.Runner.Drain:input_type -> memvisor.plugin.v1.DrainRequest
+	13, // 18: memvisor.plugin.v1.Runner.Cancel:input_type -> memvisor.plugin.v1.CancelRequest
+	15, // 19: memvisor.plugin.v1.Runner.Watch:input_type -> memvisor.plugin.v1.WatchRequest
+	16, // 20: memvisor.plugin.v1.Runner.HeapProfile:input_type -> memvisor.plugin.v1.HeapProfileRequest
+	6,  // 21: memvisor.plugin.v1.Runner.SetGuard:input_type -> memvisor.plugin.v1.Guard
+	0,  // 22: memvisor.plugin.v1.Ledger.AppendFailures:input_type -> memvisor.plugin.v1.AppendFailuresRequest
+	2,  // 23: memvisor.plugin.v1.Ledger.Commit:input_type -> memvisor.plugin.v1.CommitRequest
+	4,  // 24: memvisor.plugin.v1.Ledger.Lease:input_type -> memvisor.plugin.v1.LeaseRequest
+	9,  // 25: memvisor.plugin.v1.Runner.Start:output_type -> memvisor.plugin.v1.StartResponse
+	19, // 26: memvisor.plugin.v1.Runner.Stats:output_type -> memvisor.plugin.v1.StatsResponse
+	21, // 27: memvisor.plugin.v1.Runner.GC:output_type -> memvisor.plugin.v1.GCResponse
+	22, // 28: memvisor.plugin.v1.Runner.Drain:output_type -> memvisor.plugin.v1.Checkpoint
+	14, // 29: memvisor.plugin.v1.Runner.Cancel:output_type -> memvisor.plugin.v1.CancelResponse
+	23, // 30: memvisor.plugin.v1.Runner.Watch:output_type -> memvisor.plugin.v1.Event
+	17, // 31: memvisor.plugin.v1.Runner.HeapProfile:output_type -> memvisor.plugin.v1.HeapProfileResponse
+	7,  // 32: memvisor.plugin.v1.Runner.SetGuard:output_type -> memvisor.plugin.v1.SetGuardResponse
+	1,  // 33: memvisor.plugin.v1.Ledger.AppendFailures:output_type -> memvisor.plugin.v1.AppendFailuresResponse
+	3,  // 34: memvisor.plugin.v1.Ledger.Commit:output_type -> memvisor.plugin.v1.CommitResponse
+	5,  // 35: memvisor.plugin.v1.Ledger.Lease:output_type -> memvisor.plugin.v1.LeaseResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_plugin_proto_runner_proto_init() }
@@ -1287,9 +1586,9 @@ func file_plugin_proto_runner_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugin_proto_runner_proto_rawDesc), len(file_plugin_proto_runner_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   25,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_plugin_proto_runner_proto_goTypes,
 		DependencyIndexes: file_plugin_proto_runner_proto_depIdxs,

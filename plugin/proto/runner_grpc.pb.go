@@ -427,3 +427,209 @@ var Runner_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "plugin/proto/runner.proto",
 }
+
+const (
+	Ledger_AppendFailures_FullMethodName = "/memvisor.plugin.v1.Ledger/AppendFailures"
+	Ledger_Commit_FullMethodName         = "/memvisor.plugin.v1.Ledger/Commit"
+	Ledger_Lease_FullMethodName          = "/memvisor.plugin.v1.Ledger/Lease"
+)
+
+// LedgerClient is the client API for Ledger service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Ledger is served by the supervisor, through go-plugin's broker, to a
+// runner that StartRequest.ledger names: in a fleet, the job's checkpoints
+// and failure records are committed through it to the fleet's database,
+// and the runner asks it how long it may still write (docs/design.md,
+// "Growing past one host"). Every call is refused with the JOB_FENCED
+// reason once the job's lease is lost.
+type LedgerClient interface {
+	// AppendFailures records failure-log lines after the first `after`
+	// records; any records beyond `after` (from a runner that stopped
+	// before its commit) are dropped first.
+	AppendFailures(ctx context.Context, in *AppendFailuresRequest, opts ...grpc.CallOption) (*AppendFailuresResponse, error)
+	// Commit records a checkpoint, and cuts the failure records to the
+	// first `failed_records`.
+	Commit(ctx context.Context, in *CommitRequest, opts ...grpc.CallOption) (*CommitResponse, error)
+	// Lease says how long, from when the call was received, the runner may
+	// still write to the target.
+	Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error)
+}
+
+type ledgerClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewLedgerClient(cc grpc.ClientConnInterface) LedgerClient {
+	return &ledgerClient{cc}
+}
+
+func (c *ledgerClient) AppendFailures(ctx context.Context, in *AppendFailuresRequest, opts ...grpc.CallOption) (*AppendFailuresResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AppendFailuresResponse)
+	err := c.cc.Invoke(ctx, Ledger_AppendFailures_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *ledgerClient) Commit(ctx context.Context, in *CommitRequest, opts ...grpc.CallOption) (*CommitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CommitResponse)
+	err := c.cc.Invoke(ctx, Ledger_Commit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *ledgerClient) Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseResponse)
+	err := c.cc.Invoke(ctx, Ledger_Lease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// LedgerServer is the server API for Ledger service.
+// All implementations must embed UnimplementedLedgerServer
+// for forward compatibility.
+//
+// Ledger is served by the supervisor, through go-plugin's broker, to a
+// runner that StartRequest.ledger names: in a fleet, the job's checkpoints
+// and failure records are committed through it to the fleet's database,
+// and the runner asks it how long it may still write (docs/design.md,
+// "Growing past one host"). Every call is refused with the JOB_FENCED
+// reason once the job's lease is lost.
+type LedgerServer interface {
+	// AppendFailures records failure-log lines after the first `after`
+	// records; any records beyond `after` (from a runner that stopped
+	// before its commit) are dropped first.
+	AppendFailures(context.Context, *AppendFailuresRequest) (*AppendFailuresResponse, error)
+	// Commit records a checkpoint, and cuts the failure records to the
+	// first `failed_records`.
+	Commit(context.Context, *CommitRequest) (*CommitResponse, error)
+	// Lease says how long, from when the call was received, the runner may
+	// still write to the target.
+	Lease(context.Context, *LeaseRequest) (*LeaseResponse, error)
+	mustEmbedUnimplementedLedgerServer()
+}
+
+// UnimplementedLedgerServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedLedgerServer struct{}
+
+func (UnimplementedLedgerServer) AppendFailures(context.Context, *AppendFailuresRequest) (*AppendFailuresResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AppendFailures not implemented")
+}
+func (UnimplementedLedgerServer) Commit(context.Context, *CommitRequest) (*CommitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Commit not implemented")
+}
+func (UnimplementedLedgerServer) Lease(context.Context, *LeaseRequest) (*LeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Lease not implemented")
+}
+func (UnimplementedLedgerServer) mustEmbedUnimplementedLedgerServer() {}
+func (UnimplementedLedgerServer) testEmbeddedByValue()                {}
+
+// UnsafeLedgerServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to LedgerServer will
+// result in compilation errors.
+type UnsafeLedgerServer interface {
+	mustEmbedUnimplementedLedgerServer()
+}
+
+func RegisterLedgerServer(s grpc.ServiceRegistrar, srv LedgerServer) {
+	// If the following call panics, it indicates UnimplementedLedgerServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Ledger_ServiceDesc, srv)
+}
+
+func _Ledger_AppendFailures_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AppendFailuresRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LedgerServer).AppendFailures(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ledger_AppendFailures_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LedgerServer).AppendFailures(ctx, req.(*AppendFailuresRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Ledger_Commit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CommitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LedgerServer).Commit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ledger_Commit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LedgerServer).Commit(ctx, req.(*CommitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Ledger_Lease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LedgerServer).Lease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ledger_Lease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LedgerServer).Lease(ctx, req.(*LeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Ledger_ServiceDesc is the grpc.ServiceDesc for Ledger service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Ledger_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "memvisor.plugin.v1.Ledger",
+	HandlerType: (*LedgerServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "AppendFailures",
+			Handler:    _Ledger_AppendFailures_Handler,
+		},
+		{
+			MethodName: "Commit",
+			Handler:    _Ledger_Commit_Handler,
+		},
+		{
+			MethodName: "Lease",
+			Handler:    _Ledger_Lease_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "plugin/proto/runner.proto",
+}
