@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/memvisor/memvisor/pkg/checkpoint"
 )
@@ -136,4 +137,21 @@ func countLines(path string, size int64) (int64, error) {
 			return 0, fmt.Errorf("count failure records: %w", err)
 		}
 	}
+}
+
+// RemoveSnapshots removes every cache snapshot in the state directory dir:
+// a checkpoint taken from a fleet's database names none this node has,
+// and the next runner rebuilds the cache from the target instead.
+func RemoveSnapshots(dir string) error {
+	names, err := filepath.Glob(filepath.Join(dir, "cache-*.snap"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range names {
+		if err := os.Remove(n); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -250,18 +250,36 @@ func Decode(path string, data []byte) (Checkpoint, error) {
 	if hex.EncodeToString(sum[:]) != env.SHA256 {
 		return corrupt("checksum mismatch: the body was changed or damaged")
 	}
+	return decodeBody(path, body.Bytes(), env.Version)
+}
+
+// DecodeBody checks and decodes a checkpoint's JSON body, as
+// json.Marshal of a Checkpoint gives it, with no envelope: a fleet
+// runner sends its commits so. source names where it came from, for
+// errors.
+func DecodeBody(source string, data []byte) (Checkpoint, error) {
+	return decodeBody(source, data, version)
+}
+
+func decodeBody(path string, body []byte, ver int) (Checkpoint, error) {
+	corrupt := func(format string, args ...any) (Checkpoint, error) {
+		return Checkpoint{}, &CorruptError{Path: path, Reason: fmt.Sprintf(format, args...)}
+	}
 	var cp Checkpoint
-	dec := json.NewDecoder(&body)
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cp); err != nil {
 		return corrupt("bad body: %v", err)
+	}
+	if dec.More() {
+		return corrupt("bad body: data after the checkpoint")
 	}
 	if cp.Seq < 0 || cp.Source.Index < 0 || cp.Target < 0 || cp.FailedBytes < 0 || cp.FailedRecords < 0 {
 		return corrupt("negative position")
 	}
 	if p := cp.Partial; p != nil {
-		if env.Version < versionPartial {
-			return corrupt("a partial batch in a version %d checkpoint", env.Version)
+		if ver < versionPartial {
+			return corrupt("a partial batch in a version %d checkpoint", ver)
 		}
 		if p.Len < 1 || p.Len > maxPartialLen || len(p.Done) != (p.Len+7)/8 {
 			return corrupt("bad partial batch: %d records with a %d-byte bitmap", p.Len, len(p.Done))

@@ -371,6 +371,10 @@ func (a *api) failed(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid", "bad query parameters", fe)
 		return
 	}
+	if a.m.fleet != nil {
+		a.failedFleet(w, r, id, offset, limit)
+		return
+	}
 	f, err := os.Open(filepath.Join(dir, batcher.FailedFile))
 	if errors.Is(err, os.ErrNotExist) {
 		writeJSON(w, http.StatusOK, map[string]any{"items": []any{}, "next_cursor": nil})

@@ -16,7 +16,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/memvisor/memvisor/internal/logkey"
-	"github.com/memvisor/memvisor/pkg/batcher"
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service/confine"
 	"github.com/memvisor/memvisor/pkg/service/registry"
@@ -427,6 +426,7 @@ func (m *Manager) start(rec registry.Record, claim *postgres.Claim) {
 	log.Info().Int("run", updated.Runs).Bool("retry_failed", updated.RetryFailed).Msg("job started")
 	mode := StartMode{Resume: true, RetryFailed: updated.RetryFailed}
 	if claim != nil {
+		mode.Ledger = m.ledgerFor(aj, spec.Dir())
 		m.keepClaim(aj)
 		m.notifyChanged(rec.ID)
 	}
@@ -700,8 +700,7 @@ func (m *Manager) Resume(id string) (JobView, error) {
 
 // RetryFailed queues a finished job to process its failed items again.
 func (m *Manager) RetryFailed(id string) (JobView, error) {
-	st, err := os.Stat(filepath.Join(m.jobsDir, id, batcher.FailedFile))
-	return m.requeue(id, facts{Action: actRetry, HasFailedItems: err == nil && st.Size() > 0})
+	return m.requeue(id, facts{Action: actRetry, HasFailedItems: m.hasFailedItems(id)})
 }
 
 // requeue applies a transition that makes a finished or paused job queued

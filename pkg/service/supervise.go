@@ -76,7 +76,7 @@ func (a *superviseAdapter) Run(ctx context.Context, mode StartMode) (Outcome, er
 		cancel()
 	}
 	a.mu.Unlock()
-	sum, err := a.s.Run(ctx, supervise.StartMode{Resume: mode.Resume, RetryFailed: mode.RetryFailed})
+	sum, err := a.s.Run(ctx, supervise.StartMode{Resume: mode.Resume, RetryFailed: mode.RetryFailed, Ledger: mode.Ledger})
 	a.mu.Lock()
 	stopped := a.stopped
 	a.mu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service/registry"
 	"github.com/memvisor/memvisor/pkg/supervise"
+	"github.com/memvisor/memvisor/plugin"
 )
 
 // Supervisor is what the service uses of one job's supervisor. A
@@ -31,6 +32,8 @@ type Supervisor interface {
 type StartMode struct {
 	Resume      bool
 	RetryFailed bool
+	// Ledger is set for a job claimed in a fleet; see supervise.StartMode.
+	Ledger func(context.Context) (plugin.Ledger, error)
 }
 
 // Outcome is how a run ended.

@@ -348,13 +348,23 @@ func (s *Supervisor) loop(ctx context.Context, lock *jobLock, mode StartMode) (s
 		if ctx.Err() != nil {
 			return StatusPaused, "interrupted before a runner started"
 		}
-		out := s.attempt(ctx, lock, plugin.StartRequest{
+		req := plugin.StartRequest{
 			Job: s.jobJSON, Resume: resume, RetryFailed: mode.RetryFailed,
 			// The budget is settled once, in New, so the guard's lines
 			// are given at every Start and never change while a runner
 			// runs; SetGuard is for a budget that would.
 			Guard: GuardFor(s.policy.Config()),
-		})
+		}
+		var out outcome
+		var lerr error
+		if mode.Ledger != nil {
+			req.Ledger, lerr = mode.Ledger(ctx)
+		}
+		if lerr != nil {
+			out = decide(facts{end: endExited, reason: "prepare the job's ledger: " + lerr.Error()})
+		} else {
+			out = s.attempt(ctx, lock, req)
+		}
 		// Every later start resumes: a runner with no checkpoint to resume
 		// from simply starts from the beginning.
 		resume = true

@@ -1,6 +1,7 @@
 package supervise
 
 import (
+	"context"
 	"time"
 
 	"github.com/shirou/gopsutil/v4/process"
@@ -68,6 +69,11 @@ type StartMode struct {
 	Resume bool
 	// RetryFailed processes the job's failed.jsonl again.
 	RetryFailed bool
+	// Ledger, in a fleet, is called before every runner starts: the
+	// runner commits through the Ledger it returns, and fences its writes
+	// on it (docs/design.md, "Growing past one host"). An error counts as
+	// a runner that did not start.
+	Ledger func(context.Context) (plugin.Ledger, error)
 }
 
 // The statuses a run ends with (Summary.Status), and the states of

@@ -11,16 +11,14 @@ import (
 	"github.com/memvisor/memvisor/pkg/checkpoint"
 )
 
-// SaveCheckpoint commits cp for the job that l leases. It first checks the
-// lease locally (Fence), then lets the database check the epoch in the same
-// statement that writes: the write happens only while l's epoch is the
-// lease's current one and unexpired, and the lease row is share-locked
-// until the commit, so no takeover can slip between the check and the
-// write. A refused write returns ErrLeaseLost and marks l lost.
+// SaveCheckpoint commits cp for the job that l leases, and cuts the job's
+// failure log to its first cp.FailedRecords records (any beyond them were
+// logged by a runner that stopped before its commit). It checks the lease
+// locally (Fence), then again in the transaction that writes, which
+// share-locks the lease row until the commit, so no takeover can slip
+// between the check and the write. A refused write returns ErrLeaseLost
+// and marks l lost.
 func (s *Store) SaveCheckpoint(ctx context.Context, l *Lease, cp checkpoint.Checkpoint) error {
-	if err := l.Fence(); err != nil {
-		return fmt.Errorf("save checkpoint: %w", err)
-	}
 	if jobLease(cp.JobID) != l.name {
 		return fmt.Errorf("save checkpoint of job %s under lease %s: the lease is another job's", cp.JobID, l.name)
 	}
@@ -28,23 +26,21 @@ func (s *Store) SaveCheckpoint(ctx context.Context, l *Lease, cp checkpoint.Chec
 	if err != nil {
 		return fmt.Errorf("encode checkpoint of job %s: %w", cp.JobID, err)
 	}
-	tag, err := s.pool.Exec(ctx, `
-		INSERT INTO checkpoints (job_id, epoch, seq, body, written_at, failed)
-		SELECT $1, $2, $3, $4, now(), (SELECT count(*) FROM failed_items WHERE job_id = $1) FROM (
-			SELECT 1 FROM leases
-			WHERE name = $5 AND epoch = $2 AND node = $6 AND expires_at > now()
-			FOR SHARE) AS live
-		ON CONFLICT (job_id) DO UPDATE
-			SET epoch = excluded.epoch, seq = excluded.seq, body = excluded.body,
-			    written_at = excluded.written_at, failed = excluded.failed
-			WHERE checkpoints.epoch <= excluded.epoch`,
-		cp.JobID, l.epoch, cp.Seq, string(body), l.name, s.node)
+	err = s.fenced(ctx, l, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM failed_items WHERE job_id = $1 AND n > $2`, cp.JobID, cp.FailedRecords); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `
+			INSERT INTO checkpoints (job_id, epoch, seq, body, written_at, failed)
+			VALUES ($1, $2, $3, $4, now(), $5)
+			ON CONFLICT (job_id) DO UPDATE
+				SET epoch = excluded.epoch, seq = excluded.seq, body = excluded.body,
+				    written_at = excluded.written_at, failed = excluded.failed`,
+			cp.JobID, l.epoch, cp.Seq, string(body), cp.FailedRecords)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("save checkpoint of job %s: %w", cp.JobID, err)
-	}
-	if tag.RowsAffected() == 0 {
-		l.markLost()
-		return fmt.Errorf("save checkpoint of job %s at epoch %d: refused: %w", cp.JobID, l.epoch, ErrLeaseLost)
+		return fmt.Errorf("save checkpoint %d of job %s at epoch %d: %w", cp.Seq, cp.JobID, l.epoch, err)
 	}
 	return nil
 }
@@ -102,12 +98,24 @@ func (s *Store) fenced(ctx context.Context, l *Lease, fn func(pgx.Tx) error) err
 }
 
 // AppendFailed adds records to the failure log of the job that l leases,
-// and returns the log's new length. It writes only while l is current.
-func (s *Store) AppendFailed(ctx context.Context, l *Lease, records []json.RawMessage) (int64, error) {
-	var n int64
+// as records after+1, after+2, ..., first dropping any records beyond
+// after, and returns the log's new length. It writes only while l is
+// current.
+func (s *Store) AppendFailed(ctx context.Context, l *Lease, after int64, records []json.RawMessage) (int64, error) {
+	if after < 0 {
+		return 0, fmt.Errorf("record failures of job %s after record %d: negative position", l.holder, after)
+	}
+	n := after
 	err := s.fenced(ctx, l, func(tx pgx.Tx) error {
-		if err := tx.QueryRow(ctx, `SELECT coalesce(max(n), 0) FROM failed_items WHERE job_id = $1`, l.holder).Scan(&n); err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM failed_items WHERE job_id = $1 AND n > $2`, l.holder, after); err != nil {
 			return err
+		}
+		var have int64
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM failed_items WHERE job_id = $1`, l.holder).Scan(&have); err != nil {
+			return err
+		}
+		if have != after {
+			return fmt.Errorf("the log holds %d records, not %d: %w", have, after, ErrFailedGap)
 		}
 		rows := make([][]any, len(records))
 		for i, r := range records {
@@ -123,20 +131,9 @@ func (s *Store) AppendFailed(ctx context.Context, l *Lease, records []json.RawMe
 	return n, nil
 }
 
-// TruncateFailed cuts the failure log of the job that l leases to its
-// first n records. A new owner calls it with the checkpoint's Failed before
-// it resumes: the failures recorded after that checkpoint are of items it
-// will process again.
-func (s *Store) TruncateFailed(ctx context.Context, l *Lease, n int64) error {
-	err := s.fenced(ctx, l, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `DELETE FROM failed_items WHERE job_id = $1 AND n > $2`, l.holder, n)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("truncate failures of job %s: %w", l.holder, err)
-	}
-	return nil
-}
+// ErrFailedGap means a failure record was appended after a position the
+// log has not reached: the writer's count and the log disagree.
+var ErrFailedGap = errors.New("failure log position out of step")
 
 // FailedItems returns up to limit records of job id's failure log after
 // position after, and the position of the last one returned.

@@ -92,6 +92,17 @@ func (l *Lease) Fence() error {
 	return nil
 }
 
+// Remaining returns how long from now the lease's holder may still
+// write: the time left to Fence's deadline, or 0 once the lease is lost.
+func (l *Lease) Remaining() time.Duration {
+	if l.Fence() != nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return max(l.validUntil.Sub(l.s.now()), 0)
+}
+
 func (l *Lease) markLost() {
 	l.mu.Lock()
 	l.markLostLocked()

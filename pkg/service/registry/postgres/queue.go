@@ -40,6 +40,16 @@ func (c *Claim) Fence() error {
 	return nil
 }
 
+// Remaining returns how long from now the claim's holder may still write:
+// the least time left on any of its leases.
+func (c *Claim) Remaining() time.Duration {
+	d := c.Job.Remaining()
+	for _, q := range c.Quotas {
+		d = min(d, q.Remaining())
+	}
+	return d
+}
+
 // Release gives up the claim's leases: after the job finished or paused,
 // and its writer stopped.
 func (c *Claim) Release(ctx context.Context) error {

@@ -1,0 +1,219 @@
+package batcher_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/memvisor/memvisor/pkg/batcher"
+	"github.com/memvisor/memvisor/pkg/checkpoint"
+	"github.com/memvisor/memvisor/pkg/connector"
+)
+
+// memRemote is a fleet's database in memory: the failure records by
+// number and the last checkpoint, with the same rules as PostgreSQL's
+// store (append after a position, a commit cuts to its count).
+type memRemote struct {
+	mu      sync.Mutex
+	records []string
+	cp      *checkpoint.Checkpoint
+	commits int
+	// refuse makes every call fail, as a lost lease does.
+	refuse atomic.Bool
+}
+
+var errRefused = errors.New("refused: lease lost")
+
+func (r *memRemote) AppendFailures(_ context.Context, after int64, lines [][]byte) error {
+	if r.refuse.Load() {
+		return errRefused
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if after > int64(len(r.records)) {
+		return fmt.Errorf("append after %d of %d records", after, len(r.records))
+	}
+	r.records = r.records[:after]
+	for _, l := range lines {
+		if !json.Valid(l) {
+			return fmt.Errorf("record %q is not JSON", l)
+		}
+		r.records = append(r.records, string(l))
+	}
+	return nil
+}
+
+func (r *memRemote) Commit(_ context.Context, cp checkpoint.Checkpoint) error {
+	if r.refuse.Load() {
+		return errRefused
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if cp.FailedRecords > int64(len(r.records)) {
+		return fmt.Errorf("commit counts %d records, the log has %d", cp.FailedRecords, len(r.records))
+	}
+	r.records = r.records[:cp.FailedRecords]
+	r.cp = &cp
+	r.commits++
+	return nil
+}
+
+// TestRemoteGetsEveryCommitFirst: a fleet job's commits and failure
+// records reach the Remote, numbered as the local log; a refused commit
+// leaves the local checkpoint where it was and stops the job.
+func TestRemoteGetsEveryCommitFirst(t *testing.T) {
+	var src strings.Builder
+	for i := 1; i <= 40; i++ {
+		if i%6 == 0 {
+			src.WriteString("{broken\n")
+			continue
+		}
+		src.WriteString(line(i, fmt.Sprintf("u%d@x.io", i), ""))
+	}
+	f := newFixture(t, src.String())
+	r := &memRemote{}
+	res, err := f.run(t.Context(), func(o *batcher.Options) { o.Remote = r })
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := checkpoint.Load(f.spec.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.cp == nil || r.cp.Seq != local.Seq || !r.cp.Time.Equal(local.Time) || !r.cp.Done {
+		t.Fatalf("remote checkpoint %+v, local %+v: want the same final commit", r.cp, local)
+	}
+	// 6 batches of 7, a first commit before any write, and the last.
+	if r.commits < 7 {
+		t.Errorf("remote got %d commits, want one per batch", r.commits)
+	}
+	fails := f.failures()
+	if len(fails) != 6 || len(r.records) != 6 || local.FailedRecords != 6 || res.Checkpoint.Counters.Failed != 6 {
+		t.Fatalf("failures: local %d, remote %d, counted %d, checkpoint %d; want 6", len(fails), len(r.records), local.FailedRecords, res.Checkpoint.Counters.Failed)
+	}
+	for i, rec := range r.records {
+		var e struct {
+			Line int64 `json:"line"`
+		}
+		if err := json.Unmarshal([]byte(rec), &e); err != nil || e.Line != fails[i].Line {
+			t.Errorf("remote record %d is %s, local line %d", i+1, rec, fails[i].Line)
+		}
+	}
+
+	// A retry replaces the log in the Remote too. The source is fixed.
+	fixed := strings.ReplaceAll(src.String(), "{broken\n", `{"item_id": 999, "fields": {"email": "fixed@x.io"}}`+"\n")
+	os.WriteFile(f.spec.Source.Path, []byte(fixed), 0o644)
+	if _, err := f.run(t.Context(), func(o *batcher.Options) { o.Remote, o.RetryFailed = r, true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.records) != 0 || r.cp.FailedRecords != 0 {
+		t.Errorf("after the retry the remote holds %d records, checkpoint %d; want 0", len(r.records), r.cp.FailedRecords)
+	}
+
+	// A refused commit: the local checkpoint stays at the last accepted.
+	g := newFixture(t, src.String())
+	h := &memRemote{}
+	_, err = g.run(t.Context(), func(o *batcher.Options) {
+		o.Remote = refuseAfter{h, 3}
+	})
+	if !errors.Is(err, errRefused) {
+		t.Fatalf("run with a refusing remote: %v, want the refusal", err)
+	}
+	now, _ := checkpoint.Load(g.spec.Dir())
+	if h.commits != 3 || now.Seq != h.cp.Seq || now.Source != h.cp.Source {
+		t.Errorf("local checkpoint %d at %d, remote's last %d at %d after %d commits: the local one must not pass the remote",
+			now.Seq, now.Source.Index, h.cp.Seq, h.cp.Source.Index, h.commits)
+	}
+}
+
+// refuseAfter accepts n commits, then refuses.
+type refuseAfter struct {
+	*memRemote
+	n int
+}
+
+func (r refuseAfter) Commit(ctx context.Context, cp checkpoint.Checkpoint) error {
+	r.mu.Lock()
+	full := r.commits >= r.n
+	r.mu.Unlock()
+	if full {
+		return errRefused
+	}
+	return r.memRemote.Commit(ctx, cp)
+}
+
+// countingTarget counts the writes that reach the target.
+type countingTarget struct {
+	connector.Target
+	n      atomic.Int64
+	onSend func(n int64)
+}
+
+func (c *countingTarget) Create(ctx context.Context, ext string, f connector.Fields) (int64, error) {
+	n := c.n.Add(1)
+	if c.onSend != nil {
+		c.onSend(n)
+	}
+	return c.Target.Create(ctx, ext, f)
+}
+
+// TestFenceStopsWritesAtOnce: once Fence fails, no write is sent, nothing
+// is committed, and Run ends with ErrFenced; a later run with its lease
+// back resumes exactly once.
+func TestFenceStopsWritesAtOnce(t *testing.T) {
+	var src strings.Builder
+	for i := 1; i <= 60; i++ {
+		src.WriteString(line(i, fmt.Sprintf("u%d@x.io", i), ""))
+	}
+	f := newFixture(t, src.String())
+	r := &memRemote{}
+	var lost atomic.Bool
+	lostAt := int64(-1)
+	ct := &countingTarget{}
+	ct.onSend = func(n int64) {
+		// The lease is lost while write 17 is being sent.
+		if n == 17 {
+			lost.Store(true)
+			lostAt = n
+		}
+	}
+	_, err := f.run(t.Context(), func(o *batcher.Options) {
+		ct.Target = o.Target
+		o.Target, o.Remote = ct, r
+		o.Fence = func() error {
+			if lost.Load() {
+				return errRefused
+			}
+			return nil
+		}
+	})
+	if !errors.Is(err, batcher.ErrFenced) || !errors.Is(err, errRefused) {
+		t.Fatalf("run: %v, want ErrFenced wrapping the fence's error", err)
+	}
+	// Writes already sent when the lease went may complete (at most the
+	// concurrency); none is sent after.
+	if sent := ct.n.Load(); sent > lostAt+int64(f.spec.Concurrency)-1 {
+		t.Errorf("%d writes sent; the lease was lost at write %d with concurrency %d", sent, lostAt, f.spec.Concurrency)
+	}
+	committed := r.cp.Seq
+	local, _ := checkpoint.Load(f.spec.Dir())
+	if local.Seq != committed {
+		t.Errorf("local checkpoint %d, remote %d: a fenced commit must not happen", local.Seq, committed)
+	}
+	// The next owner (here the same directory) resumes exactly once.
+	res, err := f.run(t.Context(), func(o *batcher.Options) { o.Remote = r })
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkExactlyOnce(t, f, res, 60, 60, 0)
+	if _, err := os.Stat(filepath.Join(f.spec.Dir(), batcher.FailedFile)); err != nil {
+		t.Fatal(err)
+	}
+}
