@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -71,6 +72,25 @@ type fakeRunner struct {
 
 	mu      sync.Mutex
 	started bool
+	// ledgerSays is what the supervisor's Ledger answered, for Stats.
+	ledgerSays string
+}
+
+// useLedger calls each Ledger method once, the way a fleet runner does,
+// and keeps the answers: Lease, AppendFailures, then two commits.
+func (f *fakeRunner) useLedger(l plugin.Ledger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out []string
+	d, err := l.Lease(ctx)
+	out = append(out, fmt.Sprintf("lease=%s err=%v", d, err))
+	err = l.AppendFailures(ctx, 2, [][]byte{[]byte(`{"n":3}`), []byte(`{"n":4}`)})
+	out = append(out, fmt.Sprintf("append err=%v", err))
+	for i := range 2 {
+		err = l.Commit(ctx, []byte(fmt.Sprintf(`{"seq":%d}`, i+1)), 4)
+		out = append(out, fmt.Sprintf("commit%d fenced=%t", i+1, errors.Is(err, plugin.ErrFenced)))
+	}
+	f.ledgerSays = strings.Join(out, "; ")
 }
 
 func (f *fakeRunner) Start(_ context.Context, req plugin.StartRequest) error {
@@ -83,6 +103,9 @@ func (f *fakeRunner) Start(_ context.Context, req plugin.StartRequest) error {
 		return fmt.Errorf("read checkpoint of %s: %w", req.Job, plugin.ErrCheckpointExists)
 	}
 	f.started = true
+	if req.Ledger != nil {
+		f.useLedger(req.Ledger)
+	}
 	f.log.Info().
 		Str("job", string(req.Job)).
 		Bool("retry_failed", req.RetryFailed).
@@ -113,8 +136,11 @@ func (f *fakeRunner) Stats(ctx context.Context) (plugin.Stats, error) {
 	if !started {
 		return plugin.Stats{}, plugin.ErrNotStarted
 	}
+	f.mu.Lock()
+	says := f.ledgerSays
+	f.mu.Unlock()
 	return plugin.Stats{
-		State: plugin.StateRunning, PID: os.Getpid(),
+		State: plugin.StateRunning, PID: os.Getpid(), Error: says,
 		RSSBytes: 11 << 20, HeapObjectsBytes: 5 << 20, HeapGoalBytes: fakeHeapGoal, TotalMappedBytes: 20 << 20,
 		GCCount: 7, GCCPUFraction: 0.01, CacheEntries: 1234, CacheBytes: 56789,
 		Progress: fakeProgress,

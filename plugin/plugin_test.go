@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"reflect"
 	"strings"
@@ -476,5 +477,63 @@ func TestIsPluginLaunch(t *testing.T) {
 	t.Setenv(plugin.Handshake.MagicCookieKey, plugin.Handshake.MagicCookieValue)
 	if !plugin.IsPluginLaunch() {
 		t.Error("IsPluginLaunch() false with the cookie variable set")
+	}
+}
+
+// testLedger is the supervisor's side of a fleet job, in memory: it
+// accepts one commit, then answers as a lost lease does.
+type testLedger struct {
+	mu      sync.Mutex
+	lines   []string
+	after   int64
+	commits []string
+}
+
+func (l *testLedger) AppendFailures(_ context.Context, after int64, lines [][]byte) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.after = after
+	for _, x := range lines {
+		l.lines = append(l.lines, string(x))
+	}
+	return nil
+}
+
+func (l *testLedger) Commit(_ context.Context, cp []byte, failed int64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.commits) == 1 {
+		return fmt.Errorf("save checkpoint: %w", plugin.ErrFenced)
+	}
+	l.commits = append(l.commits, fmt.Sprintf("%s/%d", cp, failed))
+	return nil
+}
+
+func (l *testLedger) Lease(context.Context) (time.Duration, error) { return 1500 * time.Millisecond, nil }
+
+// TestLedgerCrossesTheBroker: a Ledger given at Start is served to the
+// runner process through go-plugin's broker; its answers, a lost lease
+// included, reach the runner as the sentinels they are.
+func TestLedgerCrossesTheBroker(t *testing.T) {
+	c := mustStart(t, "normal", &syncBuffer{}, nil)
+	r := c.Runner()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	l := &testLedger{}
+	if err := r.Start(ctx, plugin.StartRequest{Job: []byte(`{"id":"a"}`), Resume: true, Ledger: l}); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	st, err := r.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "lease=1.5s err=<nil>; append err=<nil>; commit1 fenced=false; commit2 fenced=true"
+	if st.Error != want {
+		t.Errorf("the runner saw %q, want %q", st.Error, want)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.after != 2 || fmt.Sprint(l.lines) != `[{"n":3} {"n":4}]` || fmt.Sprint(l.commits) != `[{"seq":1}/4]` {
+		t.Errorf("the ledger got after=%d lines=%v commits=%v", l.after, l.lines, l.commits)
 	}
 }
