@@ -156,7 +156,7 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 		defer fleetStore.Close()
 		reg = fleetStore
 		log.Info().Str("node_id", cfg.Fleet.NodeID).Dur("lease_ttl", cfg.Fleet.LeaseTTL.D()).Str("state_dir", cfg.StateDir).
-			Msg("fleet mode: jobs, queue and leases in PostgreSQL; state_dir and allowed_roots must be the same shared storage on every node")
+			Msg("fleet mode: jobs, queue, leases, checkpoints and failure records in PostgreSQL; state_dir is this node's own")
 	}
 	if reg == nil {
 		db, err := registry.Open(cfg.registryPath(), 2*time.Second)

@@ -19,8 +19,9 @@ type Claim struct {
 	Job    *Lease
 	// Quotas holds a share of each quota the job uses, in key order.
 	Quotas []*Lease
-	// QuotaShares is how many jobs may share the quota at once; the job's
-	// rate gate allows it 1/QuotaShares of the quota.
+	// QuotaShares is how many jobs may share the quota at once. They
+	// share it through Podio's own counters, which every job's rate gate
+	// reads from the answers: no job is promised a fixed part of it.
 	QuotaShares int
 }
 
