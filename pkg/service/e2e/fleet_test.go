@@ -23,7 +23,8 @@ import (
 const fleetToken = "MEMVISOR_TOKEN=fleet-e2e-token-0123456789abcdef"
 
 // startNode starts one `supervisor serve` node of a fleet on db, with the
-// shared state dir every node of the fleet uses.
+// shared state dir every node of the fleet uses. The directory that holds
+// state is the fleet's shared root: the jobs' jsonl files go there.
 func startNode(t testing.TB, db, state, node string) *proc {
 	t.Helper()
 	return startNodeTTL(t, db, state, node, "3s")
@@ -31,7 +32,7 @@ func startNode(t testing.TB, db, state, node string) *proc {
 
 func startNodeTTL(t testing.TB, db, state, node, ttl string) *proc {
 	t.Helper()
-	return startSupervisor(t, state, fmt.Sprintf("postgres_url: %q\nnode_id: %s\nlease_ttl: %s\n", db, node, ttl), fleetToken)
+	return startSupervisor(t, state, fmt.Sprintf("postgres_url: %q\nnode_id: %s\nlease_ttl: %s\nshared_roots: [%s]\n", db, node, ttl, filepath.Dir(state)), fleetToken)
 }
 
 type fleetView struct {
@@ -163,7 +164,7 @@ func BenchmarkFleetJobsPerSecond(b *testing.B) {
 		state := filepath.Join(shared, "state")
 		var nodes []*proc
 		for i := range n {
-			nodes = append(nodes, startSupervisor(b, state, fmt.Sprintf("postgres_url: %q\nnode_id: node-%d\nmax_concurrent_jobs: 2\n", db, i), fleetToken))
+			nodes = append(nodes, startSupervisor(b, state, fmt.Sprintf("postgres_url: %q\nnode_id: node-%d\nmax_concurrent_jobs: 2\nshared_roots: [%s]\n", db, i, shared), fleetToken))
 		}
 		start := time.Now()
 		for i := range jobs {
@@ -473,7 +474,7 @@ func TestFleetFailoverPodioTarget(t *testing.T) {
 		}
 	}
 
-	extra := fmt.Sprintf("postgres_url: %q\nlease_ttl: 3s\npodio_api_urls: [%s]\nallowed_credentials: [FLEET_PODIO_SECRET, FLEET_PODIO_APP_TOKEN]\n", db, api)
+	extra := fmt.Sprintf("postgres_url: %q\nlease_ttl: 3s\nshared_roots: [%s]\npodio_api_urls: [%s]\nallowed_credentials: [FLEET_PODIO_SECRET, FLEET_PODIO_APP_TOKEN]\n", db, shared, api)
 	env := []string{fleetToken, "FLEET_PODIO_SECRET=fleet-secret", "FLEET_PODIO_APP_TOKEN=fleet-app-token"}
 	spec := map[string]any{
 		"id":     "podio",
