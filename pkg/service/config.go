@@ -81,7 +81,8 @@ type Config struct {
 }
 
 // Warnings lists the problems of the configuration that do not stop the
-// service, such as a token file that others can read.
+// service, such as a token file that others can read, or in a fleet a
+// shared root on a local file system (it looks at them with statfs).
 func (c Config) Warnings() []string { return slices.Concat(c.warnings, c.sharedRootWarnings()) }
 
 // Auth says where the API's bearer token comes from.
