@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -67,6 +68,10 @@ type Config struct {
 	// its jobs in bbolt in state_dir, as a single host (docs/design.md,
 	// "Growing past one host").
 	postgres.Fleet
+	// SharedRoots are, in a fleet, the directories on storage that every
+	// node mounts at the same path: a job's jsonl files must lie beneath
+	// one of them (fleet_reach.go).
+	SharedRoots []string `json:"shared_roots"`
 
 	// token is the bearer token, from auth.token_file or MEMVISOR_TOKEN.
 	// It is never marshalled.
@@ -76,8 +81,9 @@ type Config struct {
 }
 
 // Warnings lists the problems of the configuration that do not stop the
-// service, such as a token file that others can read.
-func (c Config) Warnings() []string { return c.warnings }
+// service, such as a token file that others can read, or in a fleet a
+// shared root on a local file system (it looks at them with statfs).
+func (c Config) Warnings() []string { return slices.Concat(c.warnings, c.sharedRootWarnings()) }
 
 // Auth says where the API's bearer token comes from.
 type Auth struct {
@@ -427,6 +433,7 @@ func (c Config) Validate() error {
 		v.Add("runner_path", "must be an absolute path (got %q)", c.RunnerPath)
 	}
 	v = append(v, c.Fleet.Validate()...)
+	v = append(v, c.validateSharedRoots()...)
 	if len(v) > 0 {
 		return &ConfigError{Fields: v}
 	}

@@ -222,6 +222,7 @@ func (m *Manager) listenFleet() error {
 		return fmt.Errorf("listen for the fleet's notices: %w", err)
 	}
 	m.fleet.cancel = cancel
+	m.startRelay(ctx)
 	m.fleet.wg.Add(1)
 	go func() {
 		defer m.fleet.wg.Done()
@@ -277,6 +278,8 @@ func (m *Manager) onNotice(ctx context.Context, n postgres.Notice) {
 		m.mu.Lock()
 		m.publishViewLocked(n.JobID, kind)
 		m.mu.Unlock()
+	case noticeEvent:
+		m.onEventNotice(n)
 	case postgres.NoticeResync:
 	}
 }

@@ -129,6 +129,7 @@ func Serve(ctx context.Context, cfg Config, opts ...Option) error {
 	policy, err := confine.New(confine.Rules{
 		AllowedRoots: cfg.allowedRoots(), StateDir: cfg.StateDir, DataDir: cfg.dataDir(), PodioAPIURLs: cfg.PodioAPIURLs,
 		Credentials: cfg.AllowedCredentials, AllowInject: cfg.AllowInject,
+		Fleet: cfg.Fleet.Enabled(), SharedRoots: cfg.SharedRoots,
 	})
 	if err != nil {
 		return err

@@ -43,6 +43,14 @@ type Rules struct {
 	Credentials []string
 	// AllowInject lets a job use bounded fault injection (allow_inject).
 	AllowInject bool
+	// Fleet says the service is a node of a fleet (docs/design.md,
+	// "Growing past one host"): any node may resume a job, so a job's
+	// files must then lie beneath SharedRoots.
+	Fleet bool
+	// SharedRoots are absolute directories on storage that every node of
+	// the fleet mounts at the same path (shared_roots); used only with
+	// Fleet.
+	SharedRoots []string
 }
 
 // Policy checks jobs against Rules.
@@ -52,6 +60,8 @@ type Policy struct {
 	stateDir string
 	dataDir  string
 	urls     []string
+	// shared are the resolved SharedRoots, in a fleet.
+	shared []root
 }
 
 // root is an allowed root as configured and as resolved.
@@ -85,6 +95,15 @@ func New(r Rules) (*Policy, error) {
 		return filepath.Clean(d)
 	}
 	p.stateDir, p.dataDir = resolve(r.StateDir), resolve(r.DataDir)
+	if r.Fleet {
+		for _, d := range r.SharedRoots {
+			real, err := filepath.EvalSymlinks(d)
+			if err != nil {
+				return nil, fmt.Errorf("shared_roots: %w", err)
+			}
+			p.shared = append(p.shared, root{given: filepath.Clean(d), real: real})
+		}
+	}
 	for _, u := range r.PodioAPIURLs {
 		n, err := normURL(u)
 		if err != nil {
@@ -117,6 +136,9 @@ func (p *Policy) Check(spec job.Spec) (*Plan, error) {
 	pl := &Plan{Spec: spec, p: p}
 	if e := spec.Source; e.Type == job.TypeJSONL {
 		path, id, err := p.checkSource(e.Path)
+		if err == nil {
+			err = p.checkShared(path)
+		}
 		if err != nil {
 			v.Add("source.path", "%v", err)
 		} else {
@@ -124,7 +146,11 @@ func (p *Policy) Check(spec job.Spec) (*Plan, error) {
 		}
 	}
 	if e := spec.Target; e.Type == job.TypeJSONL {
-		if err := p.checkTarget(pl, e.Path); err != nil {
+		err := p.checkTarget(pl, e.Path)
+		if err == nil {
+			err = p.checkShared(pl.Spec.Target.Path)
+		}
+		if err != nil {
 			v.Add("target.path", "%v", err)
 		} else if pl.TargetID != "" && pl.TargetID == pl.SourceID {
 			v.Add("target.path", "is the job's own source")
@@ -273,19 +299,42 @@ func (p *Policy) vet(f *os.File) (string, string, error) {
 }
 
 func (p *Policy) forbidden(real string) error {
-	within := func(dir string) bool {
-		rel, err := filepath.Rel(dir, real)
-		return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
-	}
 	for _, d := range []string{"/proc", "/dev", "/sys"} {
-		if within(d) {
+		if within(d, real) {
 			return fmt.Errorf("is under %s, which no job may use", d)
 		}
 	}
-	if p.stateDir != "" && within(p.stateDir) && (p.dataDir == "" || !within(p.dataDir)) {
+	if p.stateDir != "" && within(p.stateDir, real) && (p.dataDir == "" || !within(p.dataDir, real)) {
 		return errors.New("is in the service's state directory, which no job may use")
 	}
 	return nil
+}
+
+// checkShared checks, in a fleet, that a file's resolved path lies beneath
+// a shared root, so that whichever node resumes the job reaches it.
+func (p *Policy) checkShared(real string) error {
+	if !p.rules.Fleet {
+		return nil
+	}
+	for _, r := range p.shared {
+		if within(r.real, real) {
+			return nil
+		}
+	}
+	if len(p.shared) == 0 {
+		return errors.New("is a file, and this node is in a fleet with no shared_roots configured: the other nodes could not resume the job; set shared_roots to directories every node mounts at the same path, and put the file there")
+	}
+	given := make([]string, len(p.shared))
+	for i, r := range p.shared {
+		given[i] = r.given
+	}
+	return fmt.Errorf("resolves to %s, outside shared_roots (%s): in a fleet the other nodes could not resume the job; put the file under one of shared_roots", real, strings.Join(given, ", "))
+}
+
+// within reports whether path is dir or lies beneath it, lexically.
+func within(dir, path string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 func (p *Policy) checkTarget(pl *Plan, path string) error {

@@ -242,3 +242,48 @@ func TestDefaultRootInsideTheStateDir(t *testing.T) {
 		}
 	}
 }
+
+// On a fleet node, a file must also resolve beneath a shared root, in
+// both open paths; off a fleet, shared roots are not looked at.
+func TestCheckSharedRoots(t *testing.T) {
+	for _, mode := range []string{"openat2", "fallback"} {
+		t.Run(mode, func(t *testing.T) {
+			defer confine.SetFallback(mode == "fallback")()
+			shared := t.TempDir()
+			f := setup(t, confine.Rules{AllowedRoots: []string{filepath.Dir(shared)}, Fleet: true, SharedRoots: []string{shared}})
+			if err := os.WriteFile(filepath.Join(shared, "in.jsonl"), []byte(`{"id":1}`+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(f.root, filepath.Join(shared, "local")); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []struct {
+				name, src, tgt string
+				fields         []string
+			}{
+				{"both shared", filepath.Join(shared, "in.jsonl"), filepath.Join(shared, "out.jsonl"), nil},
+				{"local source", f.src, filepath.Join(shared, "out.jsonl"), []string{"source.path"}},
+				{"local target", filepath.Join(shared, "in.jsonl"), filepath.Join(f.root, "out.jsonl"), []string{"target.path"}},
+				{"source through a link out of the shared root", filepath.Join(shared, "local", "source.jsonl"), filepath.Join(shared, "out.jsonl"), []string{"source.path"}},
+			} {
+				_, err := f.policy.Check(jsonlSpec(c.src, c.tgt))
+				if c.fields == nil {
+					if err != nil {
+						t.Errorf("%s: %v", c.name, err)
+					}
+					continue
+				}
+				if got := refused(t, err); !slices.Equal(got, c.fields) || !strings.Contains(err.Error(), "shared_roots") {
+					t.Errorf("%s: got %v (%v), want %v refused for shared_roots", c.name, got, err, c.fields)
+				}
+			}
+		})
+	}
+	f := setup(t, confine.Rules{SharedRoots: []string{t.TempDir()}})
+	if _, err := f.policy.Check(jsonlSpec(f.src, filepath.Join(f.root, "out.jsonl"))); err != nil {
+		t.Errorf("off a fleet: %v, want shared_roots ignored", err)
+	}
+	if _, err := confine.New(confine.Rules{Fleet: true, SharedRoots: []string{filepath.Join(t.TempDir(), "missing")}}); err == nil || !strings.Contains(err.Error(), "shared_roots") {
+		t.Errorf("a shared root that does not exist: %v, want an error naming shared_roots", err)
+	}
+}

@@ -16,7 +16,9 @@
 // checked against the resolved root, and the file is opened O_NOFOLLOW. The
 // last component is never a symlink. The resolved path must be a regular
 // file, outside /proc, /dev, /sys and the service's state directory (except
-// Rules.DataDir, the default root).
+// Rules.DataDir, the default root). On a node of a fleet, it must also
+// resolve to a place beneath one of shared_roots, the directories every
+// node mounts: any node may resume the job.
 //
 // A jsonl target that exists must start with the marker line
 // jsonl.TargetMarker, which only Plan.Commit writes, when it creates the

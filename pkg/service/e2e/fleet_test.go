@@ -23,7 +23,8 @@ import (
 const fleetToken = "MEMVISOR_TOKEN=fleet-e2e-token-0123456789abcdef"
 
 // startNode starts one `supervisor serve` node of a fleet on db, with the
-// shared state dir every node of the fleet uses.
+// shared state dir every node of the fleet uses. The directory that holds
+// state is the fleet's shared root: the jobs' jsonl files go there.
 func startNode(t testing.TB, db, state, node string) *proc {
 	t.Helper()
 	return startNodeTTL(t, db, state, node, "3s")
@@ -31,7 +32,7 @@ func startNode(t testing.TB, db, state, node string) *proc {
 
 func startNodeTTL(t testing.TB, db, state, node, ttl string) *proc {
 	t.Helper()
-	return startSupervisor(t, state, fmt.Sprintf("postgres_url: %q\nnode_id: %s\nlease_ttl: %s\n", db, node, ttl), fleetToken)
+	return startSupervisor(t, state, fmt.Sprintf("postgres_url: %q\nnode_id: %s\nlease_ttl: %s\nshared_roots: [%s]\n", db, node, ttl, filepath.Dir(state)), fleetToken)
 }
 
 type fleetView struct {
@@ -163,7 +164,7 @@ func BenchmarkFleetJobsPerSecond(b *testing.B) {
 		state := filepath.Join(shared, "state")
 		var nodes []*proc
 		for i := range n {
-			nodes = append(nodes, startSupervisor(b, state, fmt.Sprintf("postgres_url: %q\nnode_id: node-%d\nmax_concurrent_jobs: 2\n", db, i), fleetToken))
+			nodes = append(nodes, startSupervisor(b, state, fmt.Sprintf("postgres_url: %q\nnode_id: node-%d\nmax_concurrent_jobs: 2\nshared_roots: [%s]\n", db, i, shared), fleetToken))
 		}
 		start := time.Now()
 		for i := range jobs {
@@ -346,9 +347,12 @@ func TestFleetStoppedNodeDoesNotWriteAfterWaking(t *testing.T) {
 	}
 }
 
-// sseKinds reads a job's event stream on p until it has seen want events
-// of kind, or until timeout, and returns how many it saw.
-func sseKinds(t *testing.T, p *proc, id, kind string, want int, timeout time.Duration) int {
+// sseCount reads a job's event stream on p until it has seen want[kind]
+// events of each kind, the stream ends (the job is done), or timeout, and
+// returns how many of each kind it saw. A progress event counts only with
+// items processed and a memory event only with an RSS reading: the frames
+// a client draws.
+func sseCount(t *testing.T, p *proc, id string, want map[string]int, timeout time.Duration) map[string]int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	defer cancel()
@@ -362,20 +366,56 @@ func sseKinds(t *testing.T, p *proc, id, kind string, want int, timeout time.Dur
 	if resp.StatusCode != 200 {
 		t.Fatalf("events: %d", resp.StatusCode)
 	}
-	n := 0
+	got := map[string]int{}
+	enough := func() bool {
+		for k, n := range want {
+			if got[k] < n {
+				return false
+			}
+		}
+		return true
+	}
+	kind := ""
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() && n < want {
-		if sc.Text() == "event: "+kind {
-			n++
+	for !enough() && sc.Scan() {
+		line := sc.Text()
+		if k, ok := strings.CutPrefix(line, "event: "); ok {
+			kind = k
+			continue
+		}
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			continue
+		}
+		var frame struct {
+			Job      string `json:"job"`
+			Progress *struct {
+				Processed int64 `json:"processed"`
+			} `json:"progress"`
+			Memory *struct {
+				RSS uint64 `json:"rss"`
+			} `json:"memory"`
+		}
+		if err := json.Unmarshal([]byte(data), &frame); err != nil {
+			t.Errorf("%s event: %v in %s", kind, err, data)
+			continue
+		}
+		switch {
+		case frame.Job != id:
+		case kind == "progress" && (frame.Progress == nil || frame.Progress.Processed <= 0):
+		case kind == "memory" && (frame.Memory == nil || frame.Memory.RSS == 0):
+		default:
+			got[kind]++
 		}
 	}
-	return n
+	return got
 }
 
 // TestFleetRelaysRequestsAndEvents checks that a node that does not run a
-// job serves its event stream and relays pause and cancel to the node
-// that does.
+// job serves its event stream, with the owner's progress and memory events
+// relayed while the job runs, and relays pause and cancel to the node that
+// does.
 func TestFleetRelaysRequestsAndEvents(t *testing.T) {
 	db := pgtest.Start(t).NewDatabase(t)
 	shared := t.TempDir()
@@ -396,9 +436,17 @@ func TestFleetRelaysRequestsAndEvents(t *testing.T) {
 	v := nodes["node-b"].fleetWait("relay", 60*time.Second, running)
 	p := other(v.Node)
 
-	// Events of a job that runs elsewhere.
-	if n := sseKinds(t, p, "relay", "status", 2, 20*time.Second); n < 2 {
-		t.Errorf("event stream on the node that does not run the job: %d status events, want 2 or more", n)
+	// Events of a job that runs elsewhere: its view as it changes, and the
+	// owner's live progress and memory events.
+	want := map[string]int{"status": 2, "progress": 3, "memory": 3}
+	got := sseCount(t, p, "relay", want, 60*time.Second)
+	for k, n := range want {
+		if got[k] < n {
+			t.Errorf("event stream on the node that does not run the job: %d %s events, want %d or more (all: %v)", got[k], k, n, got)
+		}
+	}
+	if v := p.fleetGet("relay"); v.Status != "running" {
+		t.Fatalf("the job ended while its events were read: %+v", v)
 	}
 
 	if code, body := p.do("GET", "/v1/jobs/relay/heap-profile", nil); code != 409 || !strings.Contains(string(body), "runs on node "+v.Node) {
@@ -473,7 +521,7 @@ func TestFleetFailoverPodioTarget(t *testing.T) {
 		}
 	}
 
-	extra := fmt.Sprintf("postgres_url: %q\nlease_ttl: 3s\npodio_api_urls: [%s]\nallowed_credentials: [FLEET_PODIO_SECRET, FLEET_PODIO_APP_TOKEN]\n", db, api)
+	extra := fmt.Sprintf("postgres_url: %q\nlease_ttl: 3s\nshared_roots: [%s]\npodio_api_urls: [%s]\nallowed_credentials: [FLEET_PODIO_SECRET, FLEET_PODIO_APP_TOKEN]\n", db, shared, api)
 	env := []string{fleetToken, "FLEET_PODIO_SECRET=fleet-secret", "FLEET_PODIO_APP_TOKEN=fleet-app-token"}
 	spec := map[string]any{
 		"id":     "podio",
