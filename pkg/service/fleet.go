@@ -33,6 +33,8 @@ const (
 type fleet struct {
 	store *postgres.Store
 	node  string
+	// relay sends this node's job events to the others' SSE clients.
+	relay *relay
 
 	// Listener goroutine, owned by the Manager.
 	cancel context.CancelFunc

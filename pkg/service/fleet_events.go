@@ -9,7 +9,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/service/registry/postgres"
 	"github.com/memvisor/memvisor/pkg/supervise"
 	"github.com/memvisor/memvisor/plugin"
@@ -185,20 +184,15 @@ type relay struct {
 }
 
 // startRelay starts the relay's sender, owned by the fleet's listener
-// lifetime (ctx, wg), and makes every supervisor the Manager builds from
-// now on report its events to the relay too. It runs before the Manager
-// starts any job.
+// lifetime (ctx, wg). Manager.start hands every run's events to it (wrap).
 func (m *Manager) startRelay(ctx context.Context) {
 	r := &relay{store: m.fleet.store, log: m.log, now: m.now, q: make(chan relayed, relayQueue)}
+	m.fleet.relay = r
 	m.fleet.wg.Add(1)
 	go func() {
 		defer m.fleet.wg.Done()
 		r.send(ctx)
 	}()
-	inner := m.factory
-	m.factory = func(spec job.Spec, log zerolog.Logger, emit func(supervise.Event)) (Supervisor, error) {
-		return inner(spec, log, r.wrap(spec.ID, emit))
-	}
 }
 
 // wrap returns an emit that passes every event to emit, this node's hub,

@@ -388,6 +388,9 @@ func (m *Manager) start(rec registry.Record, claim *postgres.Claim) {
 	h := m.hubLocked(rec.ID)
 	m.mu.Unlock()
 	emit := func(ev supervise.Event) { m.onEvent(aj, h, ev) }
+	if m.fleet != nil && m.fleet.relay != nil {
+		emit = m.fleet.relay.wrap(rec.ID, emit)
+	}
 	sup, err := m.factory(spec, log, emit)
 	if err != nil {
 		fail(fmt.Errorf("create supervisor: %w", err))

@@ -22,18 +22,21 @@ import (
 
 const fleetToken = "MEMVISOR_TOKEN=fleet-e2e-token-0123456789abcdef"
 
-// startNode starts one `supervisor serve` node of a fleet on db, with the
-// shared state dir every node of the fleet uses. The directory that holds
-// state is the fleet's shared root: the jobs' jsonl files go there.
-func startNode(t testing.TB, db, state, node string) *proc {
+// startNode starts one `supervisor serve` node of a fleet on db, with a
+// state dir of its own (nodeState) and shared as the fleet's shared root:
+// the jobs' jsonl files go there.
+func startNode(t testing.TB, db, shared, node string) *proc {
 	t.Helper()
-	return startNodeTTL(t, db, state, node, "3s")
+	return startNodeTTL(t, db, shared, node, "3s")
 }
 
-func startNodeTTL(t testing.TB, db, state, node, ttl string) *proc {
+func startNodeTTL(t testing.TB, db, shared, node, ttl string) *proc {
 	t.Helper()
-	return startSupervisor(t, state, fmt.Sprintf("postgres_url: %q\nnode_id: %s\nlease_ttl: %s\nshared_roots: [%s]\n", db, node, ttl, filepath.Dir(state)), fleetToken)
+	return startSupervisor(t, nodeState(shared, node), fmt.Sprintf("postgres_url: %q\nnode_id: %s\nlease_ttl: %s\nshared_roots: [%s]\n", db, node, ttl, shared), fleetToken)
 }
+
+// nodeState is a node's own state dir: nothing in it is shared.
+func nodeState(shared, node string) string { return filepath.Join(shared, "state-"+node) }
 
 type fleetView struct {
 	ID       string `json:"id"`
@@ -161,10 +164,9 @@ func BenchmarkFleetJobsPerSecond(b *testing.B) {
 	for _, n := range []int{1, 3} {
 		db := pgtest.Start(b).NewDatabase(b)
 		shared := b.TempDir()
-		state := filepath.Join(shared, "state")
 		var nodes []*proc
 		for i := range n {
-			nodes = append(nodes, startSupervisor(b, state, fmt.Sprintf("postgres_url: %q\nnode_id: node-%d\nmax_concurrent_jobs: 2\nshared_roots: [%s]\n", db, i, shared), fleetToken))
+			nodes = append(nodes, startSupervisor(b, nodeState(shared, fmt.Sprint(i)), fmt.Sprintf("postgres_url: %q\nnode_id: node-%d\nmax_concurrent_jobs: 2\nshared_roots: [%s]\n", db, i, shared), fleetToken))
 		}
 		start := time.Now()
 		for i := range jobs {
@@ -219,14 +221,13 @@ func fleetJob(id, target string, count, seed int) map[string]any {
 func failover(t testing.TB, ttl string, n int) time.Duration {
 	db := pgtest.Start(t).NewDatabase(t)
 	shared := t.TempDir()
-	state := filepath.Join(shared, "state")
 	target := filepath.Join(shared, "target.jsonl")
 	const count = 4000
 	spec := fleetJob("fleet", target, count, 5)
 	nodes := map[string]*proc{}
 	names := []string{"node-a", "node-b", "node-c"}[:n]
 	for _, name := range names {
-		nodes[name] = startNodeTTL(t, db, state, name, ttl)
+		nodes[name] = startNodeTTL(t, db, shared, name, ttl)
 		if name == "node-a" {
 			if code, body := nodes[name].do("POST", "/v1/jobs", spec); code != 201 {
 				t.Fatalf("create on a: %d %s", code, body)
@@ -264,7 +265,7 @@ func failover(t testing.TB, ttl string, n int) time.Duration {
 	for _, p := range nodes {
 		survivor = p
 	}
-	runner := runnerPID(t, state, "fleet")
+	runner := runnerPID(t, nodeState(shared, dead), "fleet")
 	killed := time.Now()
 	_ = syscall.Kill(-runner, syscall.SIGKILL)
 	if err := owner.stop(syscall.SIGKILL, 10*time.Second); err == nil {
@@ -296,22 +297,23 @@ func failover(t testing.TB, ttl string, n int) time.Duration {
 }
 
 // TestFleetStoppedNodeDoesNotWriteAfterWaking stops node a (serve and its
-// runner, SIGSTOP) for longer than lease_ttl, then wakes it. Node b must
-// not write while a's supervisor still holds the job's state dir, and a
-// must kill its runner when it finds its lease lost, before any more
-// writes count: the job completes on b with every item exactly once.
+// runner, SIGSTOP) for longer than lease_ttl, then wakes it. Node b, with
+// a state dir of its own, takes the job over from the checkpoint in
+// PostgreSQL. When a wakes, its runner's lease deadline has passed on its
+// own clock, so it writes and commits nothing more, and a's serve kills
+// it: the job completes on b with every item exactly once, and the shared
+// target has no torn or repeated line.
 func TestFleetStoppedNodeDoesNotWriteAfterWaking(t *testing.T) {
 	db := pgtest.Start(t).NewDatabase(t)
 	shared := t.TempDir()
-	state := filepath.Join(shared, "state")
 	target := filepath.Join(shared, "target.jsonl")
 	const count = 4000
 	spec := fleetJob("paused-node", target, count, 6)
-	a := startNode(t, db, state, "node-a")
+	a := startNode(t, db, shared, "node-a")
 	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
 		t.Fatalf("create on a: %d %s", code, body)
 	}
-	b := startNode(t, db, state, "node-b")
+	b := startNode(t, db, shared, "node-b")
 	v := b.fleetWait("paused-node", 60*time.Second, func(v fleetView) bool {
 		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 300)
 	})
@@ -319,12 +321,17 @@ func TestFleetStoppedNodeDoesNotWriteAfterWaking(t *testing.T) {
 		t.Fatalf("on b: %+v, want running on node-a", v)
 	}
 
-	runner := runnerPID(t, state, "paused-node")
+	runner := runnerPID(t, nodeState(shared, "node-a"), "paused-node")
 	serve := a.cmd.Process.Pid
 	_ = syscall.Kill(-runner, syscall.SIGSTOP)
 	_ = syscall.Kill(serve, syscall.SIGSTOP)
-	time.Sleep(7 * time.Second) // more than twice lease_ttl
+	// b takes the job over once a's lease has run out.
+	b.fleetWait("paused-node", 60*time.Second, func(v fleetView) bool { return v.Node == "node-b" || v.Status != "running" })
+	// The runner wakes first, while its serve still sleeps and so can
+	// neither kill it nor answer it: only the runner's own fence keeps it
+	// from writing items that b writes too.
 	_ = syscall.Kill(-runner, syscall.SIGCONT)
+	b.fleetWait("paused-node", 60*time.Second, func(v fleetView) bool { return v.Progress.Processed >= 1500 || v.Status != "running" })
 	_ = syscall.Kill(serve, syscall.SIGCONT)
 
 	v = b.fleetWait("paused-node", 180*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
@@ -334,10 +341,8 @@ func TestFleetStoppedNodeDoesNotWriteAfterWaking(t *testing.T) {
 	if !strings.Contains(a.stderr.String(), "lost the job's lease") {
 		t.Errorf("node a did not report its lost lease:\n%s", a.stderr.String())
 	}
-	// While a slept, b claimed the job and found a's supervisor still
-	// holding its state dir: it gave the claim back and ran nothing.
-	if !strings.Contains(b.stderr.String(), "another node's supervisor still holds the job") {
-		t.Errorf("node b never met a's hold on the job:\n%s", b.stderr.String())
+	if !strings.Contains(a.stderr.String(), "fenced: no further write or commit") {
+		t.Errorf("node a's runner did not stop on its own fence:\n%s", a.stderr.String())
 	}
 	exactlyOnce(t, target, count)
 	for _, p := range []*proc{a, b} {
@@ -419,13 +424,12 @@ func sseCount(t *testing.T, p *proc, id string, want map[string]int, timeout tim
 func TestFleetRelaysRequestsAndEvents(t *testing.T) {
 	db := pgtest.Start(t).NewDatabase(t)
 	shared := t.TempDir()
-	state := filepath.Join(shared, "state")
 	spec := fleetJob("relay", filepath.Join(shared, "target.jsonl"), 20000, 7)
-	nodes := map[string]*proc{"node-a": startNode(t, db, state, "node-a")}
+	nodes := map[string]*proc{"node-a": startNode(t, db, shared, "node-a")}
 	if code, body := nodes["node-a"].do("POST", "/v1/jobs", spec); code != 201 {
 		t.Fatalf("create on a: %d %s", code, body)
 	}
-	nodes["node-b"] = startNode(t, db, state, "node-b")
+	nodes["node-b"] = startNode(t, db, shared, "node-b")
 	other := func(node string) *proc {
 		if node == "node-a" {
 			return nodes["node-b"]
@@ -485,7 +489,6 @@ func TestFleetRelaysRequestsAndEvents(t *testing.T) {
 func TestFleetFailoverPodioTarget(t *testing.T) {
 	db := pgtest.Start(t).NewDatabase(t)
 	shared := t.TempDir()
-	state := filepath.Join(shared, "state")
 	const count = 1500
 
 	// The emulator, seeded with a client and an empty target app.
@@ -533,18 +536,18 @@ func TestFleetFailoverPodioTarget(t *testing.T) {
 		"memory":     map[string]any{"limit": "512MiB"},
 		"inject":     map[string]any{"slow_batch": "40ms"},
 	}
-	a := startSupervisor(t, state, extra+"node_id: node-a\n", env...)
+	a := startSupervisor(t, nodeState(shared, "node-a"), extra+"node_id: node-a\n", env...)
 	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
 		t.Fatalf("create on a: %d %s", code, body)
 	}
-	b := startSupervisor(t, state, extra+"node_id: node-b\n", env...)
+	b := startSupervisor(t, nodeState(shared, "node-b"), extra+"node_id: node-b\n", env...)
 	v := b.fleetWait("podio", 60*time.Second, func(v fleetView) bool {
 		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 200)
 	})
 	if v.Status != "running" || v.Node != "node-a" {
 		t.Fatalf("on b: %+v, want running on node-a", v)
 	}
-	_ = syscall.Kill(-runnerPID(t, state, "podio"), syscall.SIGKILL)
+	_ = syscall.Kill(-runnerPID(t, nodeState(shared, "node-a"), "podio"), syscall.SIGKILL)
 	if err := a.stop(syscall.SIGKILL, 10*time.Second); err == nil {
 		t.Fatal("SIGKILL: node a exited cleanly")
 	}
@@ -592,16 +595,15 @@ func TestFleetFailoverPodioTarget(t *testing.T) {
 func TestFleetDrainHandsJobOver(t *testing.T) {
 	db := pgtest.Start(t).NewDatabase(t)
 	shared := t.TempDir()
-	state := filepath.Join(shared, "state")
 	target := filepath.Join(shared, "target.jsonl")
 	const count = 3000
 	spec := fleetJob("drain", target, count, 8)
 	// A long lease: a handover that waited it out would show.
-	a := startNodeTTL(t, db, state, "node-a", "10m")
+	a := startNodeTTL(t, db, shared, "node-a", "10m")
 	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
 		t.Fatalf("create on a: %d %s", code, body)
 	}
-	b := startNodeTTL(t, db, state, "node-b", "10m")
+	b := startNodeTTL(t, db, shared, "node-b", "10m")
 	v := b.fleetWait("drain", 60*time.Second, func(v fleetView) bool {
 		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 300)
 	})
