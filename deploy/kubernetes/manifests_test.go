@@ -35,7 +35,7 @@ func strict(t *testing.T, file string, into any) {
 }
 
 // manifests decodes every file of the kustomization into its typed object.
-func manifests(t *testing.T) (dep appsv1.Deployment, sec corev1.Secret, cm corev1.ConfigMap, svc corev1.Service) {
+func manifests(t *testing.T) (dep appsv1.Deployment, sec corev1.Secret, cm corev1.ConfigMap, svc corev1.Service, pvcName string) {
 	t.Helper()
 	var k struct {
 		APIVersion string   `json:"apiVersion"`
@@ -82,8 +82,9 @@ func manifests(t *testing.T) (dep appsv1.Deployment, sec corev1.Secret, cm corev
 		case "v1 PersistentVolumeClaim":
 			var pvc corev1.PersistentVolumeClaim
 			strict(t, f, &pvc)
+			pvcName = pvc.Name
 			if !slices.Contains(pvc.Spec.AccessModes, corev1.ReadWriteMany) {
-				t.Errorf("%s: access modes %v; the state dir is shared by every replica: want ReadWriteMany", f, pvc.Spec.AccessModes)
+				t.Errorf("%s: access modes %v; the jobs' data is shared by every replica: want ReadWriteMany", f, pvc.Spec.AccessModes)
 			}
 		case "policy/v1 PodDisruptionBudget":
 			var pdb policyv1.PodDisruptionBudget
@@ -98,11 +99,11 @@ func manifests(t *testing.T) (dep appsv1.Deployment, sec corev1.Secret, cm corev
 	if dep.Name == "" || sec.Name == "" || cm.Name == "" || svc.Name == "" {
 		t.Fatal("the kustomization lacks a Deployment, a Secret, a ConfigMap or a Service")
 	}
-	return dep, sec, cm, svc
+	return dep, sec, cm, svc, pvcName
 }
 
 func TestManifests(t *testing.T) {
-	dep, sec, cm, svc := manifests(t)
+	dep, sec, cm, svc, pvcName := manifests(t)
 
 	if dep.Spec.Replicas == nil || *dep.Spec.Replicas < 2 {
 		t.Errorf("replicas %v, want a fleet of at least 2", ptrString(dep.Spec.Replicas))
@@ -188,8 +189,26 @@ func TestManifests(t *testing.T) {
 		t.Errorf("state_dir %s is not a mounted volume (the root filesystem is read-only)", cfg.StateDir)
 	}
 	for _, v := range pod.Volumes {
-		if v.Name == "state" && v.PersistentVolumeClaim == nil {
-			t.Errorf("volume state is not a PersistentVolumeClaim: jobs' checkpoints are files in state_dir, shared by every replica")
+		if v.Name == "state" && v.EmptyDir == nil {
+			t.Errorf("volume state is not an emptyDir: state_dir is each pod's own, its checkpoints are in PostgreSQL")
+		}
+	}
+	// Every shared root is on the ReadWriteMany volume, and is allowed.
+	if len(cfg.SharedRoots) == 0 {
+		t.Error("no shared_roots: a fleet refuses every jsonl job")
+	}
+	data := mountOf(t, c, "data")
+	for _, r := range cfg.SharedRoots {
+		if r != data.MountPath && !strings.HasPrefix(r, data.MountPath+"/") {
+			t.Errorf("shared root %s is not on the shared volume mounted at %s", r, data.MountPath)
+		}
+		if !slices.Contains(cfg.AllowedRoots, r) {
+			t.Errorf("shared root %s is not in allowed_roots %v", r, cfg.AllowedRoots)
+		}
+	}
+	for _, v := range pod.Volumes {
+		if v.Name == "data" && (v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ClaimName != pvcName) {
+			t.Errorf("volume data is not the claim %s", pvcName)
 		}
 	}
 

@@ -50,17 +50,17 @@
 //
 // Fencing works at two levels:
 //
-//   - Lease.Fence is a memory-only check that the writer calls before each
-//     target write. Its deadline is the local time at which the last
+//   - Lease.Fence is a memory-only check, made before each target write
+//     (the runner keeps the deadline Claim.Remaining gives it). Its deadline is the local time at which the last
 //     successful renewal was sent plus nine tenths of lease_ttl. The
 //     database set the expiry later, from the time the request arrived, so
 //     an owner that stops renewing stops writing before any other node can
 //     acquire the lease: within one write.
 //   - SaveCheckpoint writes only while the lease row still holds the
 //     writer's epoch and is unexpired (INSERT ... SELECT ... FOR SHARE on
-//     the lease row, so a takeover cannot interleave), and never over a
-//     checkpoint of a higher epoch. A node whose clock lied to Fence is
-//     still refused here.
+//     the lease row, so a takeover cannot interleave). AppendFailed checks
+//     the same way. A node whose clock lied to Fence is still refused
+//     here.
 //
 // A new owner always waits the old lease out: Acquire returns a *HeldError
 // with the time remaining, even to the same node id, because an earlier
@@ -100,9 +100,10 @@
 // claim's leases, kills the job's runner once Claim.Fence fails, and
 // Releases the claim once the runner has stopped. It shows Owner as a
 // job's node and relays pause, cancel and job changes with Notify and
-// Listen. Checkpoints and failure logs stay files in the job's directory
-// on a state_dir shared by the nodes: SaveCheckpoint, LoadCheckpoint and
-// the failed_items functions are not used by serve yet.
+// Listen. A claimed job's runner commits through serve's fleet ledger:
+// AppendFailed and SaveCheckpoint under the claim's lease, and before
+// each runner starts, LoadCheckpoint and FailedItems bring the node's own
+// state directory in step with the fleet.
 //
 // ErrQueueFull is registry.ErrQueueFull.
 package postgres
