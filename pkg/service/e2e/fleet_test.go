@@ -153,8 +153,8 @@ func BenchmarkFleetFailover(b *testing.B) {
 }
 
 // BenchmarkFleetJobsPerSecond runs many small jobs on a fleet of one node
-// and of three nodes (max_concurrent_jobs 2 each, one PostgreSQL, one
-// shared state dir), posted round-robin to the nodes, and reports the jobs
+// and of three nodes (max_concurrent_jobs 2 each, one PostgreSQL, a state
+// dir per node), posted round-robin to the nodes, and reports the jobs
 // completed per second: fleet_jobs_per_s_1_node and
 // fleet_jobs_per_s_3_nodes. On one machine the nodes share its cores, so
 // the ratio shows the fleet's overhead more than its scaling. It runs
@@ -199,6 +199,50 @@ func BenchmarkFleetJobsPerSecond(b *testing.B) {
 			}
 		}
 	}
+}
+
+// BenchmarkFleetCommitCost runs one job of 1,000,000 synthetic items (batch
+// 500) on a single serve node (bbolt) and on a one-node fleet, where every
+// commit also crosses the runner's ledger into PostgreSQL, alternating
+// twice, and reports the best items per second of each and their ratio,
+// fleet_vs_single_throughput. It runs once; b.N is not used.
+func BenchmarkFleetCommitCost(b *testing.B) {
+	const count = 1000000
+	db := pgtest.Start(b).NewDatabase(b)
+	best := map[bool]float64{}
+	for round := range 4 {
+		fleet := round%2 == 1
+		shared := b.TempDir()
+		extra := ""
+		if fleet {
+			extra = fmt.Sprintf("postgres_url: %q\nnode_id: node-%d\nshared_roots: [%s]\n", db, round, shared)
+		}
+		p := startSupervisor(b, nodeState(shared, "n"), extra, fleetToken)
+		id := fmt.Sprintf("cost-%d", round)
+		spec := map[string]any{
+			"id":         id,
+			"source":     map[string]any{"type": "synthetic", "count": count, "seed": 3},
+			"target":     map[string]any{"type": "jsonl", "path": filepath.Join(shared, "target.jsonl")},
+			"match":      map[string]any{"source_field": "email", "target_field": "email"},
+			"batch_size": 500,
+			"memory":     map[string]any{"limit": "512MiB"},
+		}
+		start := time.Now()
+		if code, body := p.do("POST", "/v1/jobs", spec); code != 201 {
+			b.Fatalf("create: %d %s", code, body)
+		}
+		v := p.fleetWait(id, 600*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+		if v.Status != "completed" || v.Progress.Processed != count {
+			b.Fatalf("job %s: %+v", id, v)
+		}
+		best[fleet] = max(best[fleet], count/time.Since(start).Seconds())
+		if err := p.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+			b.Errorf("stop: %v", err)
+		}
+	}
+	benchfmt.Report(b, "single_node_items_per_s", best[false], "items/s")
+	benchfmt.Report(b, "fleet_items_per_s", best[true], "items/s")
+	benchfmt.Report(b, "fleet_vs_single_throughput", best[true]/best[false], "ratio")
 }
 
 // fleetJob is the job the fleet tests run: count synthetic items from

@@ -14,11 +14,16 @@ import (
 // SaveCheckpoint commits cp for the job that l leases, and cuts the job's
 // failure log to its first cp.FailedRecords records (any beyond them were
 // logged by a runner that stopped before its commit). It checks the lease
-// locally (Fence), then again in the transaction that writes, which
-// share-locks the lease row until the commit, so no takeover can slip
-// between the check and the write. A refused write returns ErrLeaseLost
-// and marks l lost.
+// locally (Fence), then lets the database check the epoch in the one
+// statement that writes: it writes only while l's epoch is the lease's
+// current one and unexpired, and the lease row is share-locked until the
+// commit, so no takeover can slip between the check and the write. One
+// statement is one round trip: a fleet job commits every batch. A refused
+// write returns ErrLeaseLost and marks l lost.
 func (s *Store) SaveCheckpoint(ctx context.Context, l *Lease, cp checkpoint.Checkpoint) error {
+	if err := l.Fence(); err != nil {
+		return fmt.Errorf("save checkpoint %d of job %s: %w", cp.Seq, cp.JobID, err)
+	}
 	if jobLease(cp.JobID) != l.name {
 		return fmt.Errorf("save checkpoint of job %s under lease %s: the lease is another job's", cp.JobID, l.name)
 	}
@@ -26,21 +31,27 @@ func (s *Store) SaveCheckpoint(ctx context.Context, l *Lease, cp checkpoint.Chec
 	if err != nil {
 		return fmt.Errorf("encode checkpoint of job %s: %w", cp.JobID, err)
 	}
-	err = s.fenced(ctx, l, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM failed_items WHERE job_id = $1 AND n > $2`, cp.JobID, cp.FailedRecords); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `
-			INSERT INTO checkpoints (job_id, epoch, seq, body, written_at, failed)
-			VALUES ($1, $2, $3, $4, now(), $5)
-			ON CONFLICT (job_id) DO UPDATE
-				SET epoch = excluded.epoch, seq = excluded.seq, body = excluded.body,
-				    written_at = excluded.written_at, failed = excluded.failed`,
-			cp.JobID, l.epoch, cp.Seq, string(body), cp.FailedRecords)
-		return err
-	})
+	tag, err := s.pool.Exec(ctx, `
+		WITH live AS (
+			SELECT 1 FROM leases
+			WHERE name = $5 AND epoch = $2 AND node = $6 AND expires_at > now()
+			FOR SHARE
+		), cut AS (
+			DELETE FROM failed_items
+			WHERE job_id = $1 AND n > $7 AND EXISTS (SELECT 1 FROM live)
+		)
+		INSERT INTO checkpoints (job_id, epoch, seq, body, written_at, failed)
+		SELECT $1, $2, $3, $4, now(), $7 FROM live
+		ON CONFLICT (job_id) DO UPDATE
+			SET epoch = excluded.epoch, seq = excluded.seq, body = excluded.body,
+			    written_at = excluded.written_at, failed = excluded.failed`,
+		cp.JobID, l.epoch, cp.Seq, string(body), l.name, s.node, cp.FailedRecords)
 	if err != nil {
-		return fmt.Errorf("save checkpoint %d of job %s at epoch %d: %w", cp.Seq, cp.JobID, l.epoch, err)
+		return fmt.Errorf("save checkpoint %d of job %s: %w", cp.Seq, cp.JobID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		l.markLost()
+		return fmt.Errorf("save checkpoint %d of job %s at epoch %d: refused: %w", cp.Seq, cp.JobID, l.epoch, ErrLeaseLost)
 	}
 	return nil
 }
