@@ -666,3 +666,94 @@ func TestFleetDrainHandsJobOver(t *testing.T) {
 		t.Errorf("final stop: %v", err)
 	}
 }
+
+// TestFleetFailedItemsFollowTheJob: a job with bad records completes on
+// node a; node b, which never ran it, lists its failed items from
+// PostgreSQL; a leaves; the source is fixed and the retry runs on b, from
+// a state dir that never held the job: every item ends in the target
+// exactly once and no failure is left.
+func TestFleetFailedItemsFollowTheJob(t *testing.T) {
+	db := pgtest.Start(t).NewDatabase(t)
+	shared := t.TempDir()
+	source := filepath.Join(shared, "source.jsonl")
+	target := filepath.Join(shared, "target.jsonl")
+	const count, bad = 600, 7
+	write := func(fixed bool) {
+		var sb strings.Builder
+		for i := 1; i <= count; i++ {
+			if i%(count/bad) == 0 && !fixed {
+				fmt.Fprintf(&sb, "{\"item_id\": %d, broken\n", i)
+				continue
+			}
+			fmt.Fprintf(&sb, `{"item_id":%d,"external_id":"src-%d","fields":{"email":"u%d@example.com"}}`+"\n", i, i, i)
+		}
+		if err := os.WriteFile(source, []byte(sb.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(false)
+	a := startNode(t, db, shared, "node-a")
+	spec := map[string]any{
+		"id":         "bad",
+		"source":     map[string]any{"type": "jsonl", "path": source},
+		"target":     map[string]any{"type": "jsonl", "path": target},
+		"match":      map[string]any{"source_field": "email", "target_field": "email"},
+		"batch_size": 50,
+		"memory":     map[string]any{"limit": "256MiB"},
+	}
+	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
+		t.Fatalf("create on a: %d %s", code, body)
+	}
+	v := a.fleetWait("bad", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	if v.Status != "completed" || v.Node != "" {
+		t.Fatalf("on a: %+v, want completed", v)
+	}
+	b := startNode(t, db, shared, "node-b")
+	code, body := b.do("GET", "/v1/jobs/bad/failed?limit=1000", nil)
+	var page struct {
+		Items []struct {
+			Line     int64  `json:"line"`
+			Category string `json:"category"`
+		} `json:"items"`
+		Next *string `json:"next_cursor"`
+	}
+	if code != 200 || json.Unmarshal(body, &page) != nil || len(page.Items) != bad || page.Next != nil {
+		t.Fatalf("failed items on b: %d %s, want %d items in one page", code, body, bad)
+	}
+	// Pages of 3, through the cursor, give the same items.
+	seen, cursor := 0, ""
+	for range bad {
+		code, body := b.do("GET", "/v1/jobs/bad/failed?limit=3"+cursor, nil)
+		page.Next = nil
+		if code != 200 || json.Unmarshal(body, &page) != nil {
+			t.Fatalf("failed items page on b: %d %s", code, body)
+		}
+		seen += len(page.Items)
+		if page.Next == nil {
+			break
+		}
+		cursor = "&cursor=" + *page.Next
+	}
+	if seen != bad {
+		t.Errorf("pages of 3 gave %d failed items, want %d", seen, bad)
+	}
+	if err := a.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	write(true)
+	if code, body := b.do("POST", "/v1/jobs/bad/retry-failed", map[string]any{}); code != 200 {
+		t.Fatalf("retry-failed on b: %d %s", code, body)
+	}
+	v = b.fleetWait("bad", 120*time.Second, func(v fleetView) bool { return v.Runs > 1 && v.Status != "running" && v.Status != "queued" })
+	if v.Status != "completed" {
+		t.Fatalf("retry on b: %+v, want completed", v)
+	}
+	exactlyOnce(t, target, count)
+	code, body = b.do("GET", "/v1/jobs/bad/failed", nil)
+	if code != 200 || !strings.Contains(string(body), `"items":[]`) {
+		t.Errorf("failed items after the retry: %d %s, want none", code, body)
+	}
+	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+		t.Errorf("final stop: %v", err)
+	}
+}
