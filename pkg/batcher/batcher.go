@@ -481,10 +481,10 @@ func (b *Batcher) addTargetItem(id int64, ext string, val json.RawMessage) {
 	}
 }
 
-// snapshotFiles names the two files of a cache snapshot: the match index
-// (named in the checkpoint) and, beside it, the external ids of target
-// items without a match value.
-func snapshotFiles(dir, file string) (main, ext string) {
+// SnapshotFiles names the two files of a cache snapshot in dir: the match
+// index (file, named in the checkpoint) and, beside it, the external ids
+// of target items without a match value.
+func SnapshotFiles(dir, file string) (main, ext string) {
 	main = filepath.Join(dir, file)
 	return main, strings.TrimSuffix(main, ".snap") + ".ext.snap"
 }
@@ -492,7 +492,7 @@ func snapshotFiles(dir, file string) (main, ext string) {
 func snapshotFile(seq int64) string { return fmt.Sprintf("cache-%08d.snap", seq) }
 
 func (b *Batcher) loadSnapshot(s *checkpoint.Snapshot) (*slimcache.Cache, *slimcache.Cache, error) {
-	main, ext := snapshotFiles(b.o.Dir, s.File)
+	main, ext := SnapshotFiles(b.o.Dir, s.File)
 	c, err := slimcache.LoadFile(main, b.cacheOptions(0))
 	if err != nil {
 		return nil, nil, err
@@ -641,7 +641,7 @@ func (b *Batcher) stopWith(s Status, part *checkpoint.Partial) (Result, error) {
 // by side: a drain's latency is one write and about two commits, not
 // five fsyncs in a row.
 func (b *Batcher) writeSnapshot() (*checkpoint.Snapshot, error) {
-	main, ext := snapshotFiles(b.o.Dir, snapshotFile(b.cp.Seq))
+	main, ext := SnapshotFiles(b.o.Dir, snapshotFile(b.cp.Seq))
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var (
@@ -778,7 +778,7 @@ func (b *Batcher) committed(cp checkpoint.Checkpoint) error {
 }
 
 func (b *Batcher) removeSnapshot(file string) {
-	main, ext := snapshotFiles(b.o.Dir, file)
+	main, ext := SnapshotFiles(b.o.Dir, file)
 	os.Remove(main)
 	os.Remove(ext)
 }

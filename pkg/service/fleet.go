@@ -133,6 +133,9 @@ func (m *Manager) keepClaim(aj *activeJob) {
 // releaseClaim stops renewing a run's leases and gives them up, once its
 // runner has stopped.
 func (m *Manager) releaseClaim(aj *activeJob) {
+	if aj.snapshots != nil {
+		aj.snapshots.wait()
+	}
 	if aj.keeper != nil {
 		aj.keeper.Close()
 	}

@@ -12,7 +12,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/memvisor/memvisor/internal/atomicfile"
 	"github.com/memvisor/memvisor/pkg/batcher"
@@ -29,6 +33,9 @@ type fleetLedger struct {
 	store *postgres.Store
 	claim *postgres.Claim
 	id    string
+	// snapshot is called with each new cache snapshot a commit names,
+	// after the commit; nil stores none.
+	snapshot func(checkpoint.Snapshot)
 }
 
 var _ plugin.Ledger = (*fleetLedger)(nil)
@@ -69,7 +76,13 @@ func (l *fleetLedger) Commit(ctx context.Context, data []byte, failedRecords int
 	if cp.JobID != l.id || cp.FailedRecords != failedRecords {
 		return fmt.Errorf("commit of job %s: the checkpoint is job %q's with %d failure records, not %d", l.id, cp.JobID, cp.FailedRecords, failedRecords)
 	}
-	return fenced(l.store.SaveCheckpoint(ctx, l.claim.Job, cp))
+	if err := l.store.SaveCheckpoint(ctx, l.claim.Job, cp); err != nil {
+		return fenced(err)
+	}
+	if cp.Snapshot != nil && l.snapshot != nil {
+		l.snapshot(*cp.Snapshot)
+	}
+	return nil
 }
 
 func (l *fleetLedger) Lease(context.Context) (time.Duration, error) {
@@ -80,15 +93,99 @@ func (l *fleetLedger) Lease(context.Context) (time.Duration, error) {
 // runner it brings the job's state directory in step with the fleet's
 // checkpoint, and hands the runner a fleetLedger.
 func (m *Manager) ledgerFor(aj *activeJob, dir string) func(context.Context) (plugin.Ledger, error) {
+	up := &snapshotUploader{m: m, aj: aj, dir: dir}
+	aj.snapshots = up
 	return func(ctx context.Context) (plugin.Ledger, error) {
 		if err := aj.claim.Fence(); err != nil {
 			return nil, err
 		}
-		if err := syncStateDir(ctx, m.fleet.store, aj.id, dir); err != nil {
+		if err := syncStateDir(ctx, m.fleet.store, aj.id, dir, aj.log); err != nil {
 			return nil, err
 		}
-		return &fleetLedger{store: m.fleet.store, claim: aj.claim, id: aj.id}, nil
+		return &fleetLedger{store: m.fleet.store, claim: aj.claim, id: aj.id, snapshot: up.start}, nil
 	}
+}
+
+// snapshotUploader stores a run's cache snapshots in the fleet, one at a
+// time and in the background: a drain does not wait for it. A job that
+// moves before its last snapshot is stored restores an older one and
+// replays the target's writes after it, which is as correct, only slower.
+type snapshotUploader struct {
+	m   *Manager
+	aj  *activeJob
+	dir string
+
+	mu   sync.Mutex
+	busy bool
+	next *checkpoint.Snapshot
+	last string
+	// running counts the upload goroutine, for wait.
+	running sync.WaitGroup
+}
+
+// wait returns once no upload runs: the claim is released only after, so
+// the node that takes the job next finds the last snapshot.
+func (u *snapshotUploader) wait() { u.running.Wait() }
+
+func (u *snapshotUploader) start(meta checkpoint.Snapshot) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if meta.File == u.last {
+		return
+	}
+	u.next = &meta
+	if u.busy {
+		return // the running upload takes it next
+	}
+	u.busy = true
+	u.m.wg.Add(1)
+	u.running.Add(1)
+	go func() {
+		defer u.m.wg.Done()
+		defer u.running.Done()
+		for {
+			u.mu.Lock()
+			meta := u.next
+			u.next = nil
+			if meta == nil {
+				u.busy = false
+				u.mu.Unlock()
+				return
+			}
+			u.mu.Unlock()
+			if err := u.upload(*meta); err != nil {
+				u.aj.log.Warn().Err(err).Str("snapshot", meta.File).Msg("store the cache snapshot in the fleet; a node that takes the job over uses an older one or reads the target")
+				continue
+			}
+			u.mu.Lock()
+			u.last = meta.File
+			u.mu.Unlock()
+		}
+	}()
+}
+
+func (u *snapshotUploader) upload(meta checkpoint.Snapshot) error {
+	main, ext := batcher.SnapshotFiles(u.dir, meta.File)
+	f0, err := os.Open(main)
+	if err != nil {
+		return err
+	}
+	defer f0.Close()
+	f1, err := os.Open(ext)
+	if err != nil {
+		return err
+	}
+	defer f1.Close()
+	// Not the Manager's context: a drain at shutdown stores its snapshot
+	// before the claim is released. The lease bounds it too.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := u.m.fleet.store.SaveSnapshot(ctx, u.aj.claim.Job, meta, [2]io.Reader{f0, f1}); err != nil {
+		return err
+	}
+	u.aj.log.Info().Str("snapshot", meta.File).Int64("entries", meta.Entries).Dur("took", time.Since(start)).Msg("cache snapshot stored in the fleet")
+	return nil
 }
 
 // syncStateDir makes the job's state directory on this node hold the
@@ -99,7 +196,7 @@ func (m *Manager) ledgerFor(aj *activeJob, dir string) func(context.Context) (pl
 // local snapshots are removed: the runner rebuilds its cache from the
 // target. With no checkpoint in the fleet, a local one (of an earlier job
 // with this id) is moved aside, so the job starts from the beginning.
-func syncStateDir(ctx context.Context, store *postgres.Store, id, dir string) error {
+func syncStateDir(ctx context.Context, store *postgres.Store, id, dir string, log zerolog.Logger) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
 	}
@@ -128,7 +225,53 @@ func syncStateDir(ctx context.Context, store *postgres.Store, id, dir string) er
 	}
 	cp := st.Checkpoint
 	cp.FailedBytes, cp.FailedRecords, cp.Snapshot = size, st.Failed, nil
+	switch meta, err := restoreSnapshot(ctx, store, id, dir); {
+	case err == nil:
+		cp.Snapshot = &meta
+	case !errors.Is(err, checkpoint.ErrNotExist):
+		log.Warn().Err(err).Msg("restore the fleet's cache snapshot; the runner reads the target instead")
+	}
 	return checkpoint.Save(dir, cp)
+}
+
+// restoreSnapshot writes job id's snapshot from the fleet into dir. It
+// may be older than the checkpoint: the runner replays the target's writes
+// after the snapshot's mark.
+func restoreSnapshot(ctx context.Context, store *postgres.Store, id, dir string) (checkpoint.Snapshot, error) {
+	var tmps [2]*os.File
+	defer func() {
+		for _, f := range tmps {
+			if f != nil {
+				f.Close()
+				os.Remove(f.Name())
+			}
+		}
+	}()
+	var ws [2]io.Writer
+	for i := range tmps {
+		f, err := os.CreateTemp(dir, ".snapshot-*")
+		if err != nil {
+			return checkpoint.Snapshot{}, err
+		}
+		tmps[i], ws[i] = f, f
+	}
+	meta, err := store.LoadSnapshot(ctx, id, ws)
+	if err != nil {
+		return checkpoint.Snapshot{}, err
+	}
+	if meta.File != filepath.Base(meta.File) || !strings.HasPrefix(meta.File, "cache-") || !strings.HasSuffix(meta.File, ".snap") {
+		return checkpoint.Snapshot{}, fmt.Errorf("the fleet's snapshot of job %s has a bad file name %q", id, meta.File)
+	}
+	main, ext := batcher.SnapshotFiles(dir, meta.File)
+	for i, name := range []string{main, ext} {
+		if err := tmps[i].Sync(); err != nil {
+			return checkpoint.Snapshot{}, err
+		}
+		if err := os.Rename(tmps[i].Name(), name); err != nil {
+			return checkpoint.Snapshot{}, err
+		}
+	}
+	return meta, atomicfile.SyncDir(dir)
 }
 
 // sameCommit reports whether the local checkpoint is the fleet's.

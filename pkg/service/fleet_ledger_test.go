@@ -3,12 +3,17 @@ package service
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/memvisor/memvisor/pkg/batcher"
 	"github.com/memvisor/memvisor/pkg/checkpoint"
@@ -54,8 +59,9 @@ func commitThrough(t *testing.T, l plugin.Ledger, cp checkpoint.Checkpoint) erro
 }
 
 // TestFleetLedgerMovesAJobBetweenStateDirs: node a's runner commits
-// through its ledger; node b, with a state directory of its own, takes the
-// job over and gets a's checkpoint and failure records, and no snapshot;
+// through its ledger and a stores a cache snapshot; node b, with a state
+// directory of its own, takes the job over and gets a's checkpoint,
+// failure records and snapshot, byte for byte, and no stale file;
 // a's ledger is fenced from then on; a node whose local checkpoint is the
 // fleet's keeps it, snapshot included.
 func TestFleetLedgerMovesAJobBetweenStateDirs(t *testing.T) {
@@ -91,6 +97,13 @@ func TestFleetLedgerMovesAJobBetweenStateDirs(t *testing.T) {
 	if err := commitThrough(t, la, cp); err != nil {
 		t.Fatal(err)
 	}
+	// a's snapshot, stored in the fleet: a 3 MiB index, in pieces.
+	index := make([]byte, 3<<20+17)
+	rand.Read(index)
+	snap := checkpoint.Snapshot{File: "cache-00000004.snap", Target: 123, Entries: 9}
+	if err := a.SaveSnapshot(t.Context(), ca.Job, snap, [2]io.Reader{bytes.NewReader(index), strings.NewReader("ext")}); err != nil {
+		t.Fatal(err)
+	}
 
 	// Node a's own directory: its checkpoint is the fleet's, so nothing
 	// changes and its snapshot stays.
@@ -101,7 +114,7 @@ func TestFleetLedgerMovesAJobBetweenStateDirs(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(dirA, "cache-00000004.snap"), []byte("snap"), 0o644)
 	os.WriteFile(filepath.Join(dirA, batcher.FailedFile), []byte("{\"n\":1}\n{\"n\":2}\n"), 0o644)
-	if err := syncStateDir(t.Context(), a, "job1", dirA); err != nil {
+	if err := syncStateDir(t.Context(), a, "job1", dirA, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dirA, "cache-00000004.snap")); err != nil {
@@ -139,12 +152,22 @@ func TestFleetLedgerMovesAJobBetweenStateDirs(t *testing.T) {
 	}
 	want := "{\"n\":1}\n{\"n\":2}\n"
 	failed, _ := os.ReadFile(filepath.Join(dirB, batcher.FailedFile))
-	if got.Seq != 4 || got.Snapshot != nil || got.FailedRecords != 2 || got.FailedBytes != int64(len(want)) || string(failed) != want {
-		t.Errorf("b's state dir: checkpoint seq %d snapshot %v records %d bytes %d, failed.jsonl %q; want a's commit, no snapshot, %q",
-			got.Seq, got.Snapshot, got.FailedRecords, got.FailedBytes, failed, want)
+	if got.Seq != 4 || got.Snapshot == nil || *got.Snapshot != snap || got.FailedRecords != 2 || got.FailedBytes != int64(len(want)) || string(failed) != want {
+		t.Errorf("b's state dir: checkpoint seq %d snapshot %v records %d bytes %d, failed.jsonl %q; want a's commit, snapshot %v, %q",
+			got.Seq, got.Snapshot, got.FailedRecords, got.FailedBytes, failed, snap, want)
 	}
-	if snaps, _ := filepath.Glob(filepath.Join(dirB, "cache-*")); len(snaps) != 0 {
-		t.Errorf("stale snapshots left: %v", snaps)
+	main, ext := batcher.SnapshotFiles(dirB, snap.File)
+	if data, err := os.ReadFile(main); err != nil || !bytes.Equal(data, index) {
+		t.Errorf("b's snapshot index: %d bytes (%v), want a's %d", len(data), err, len(index))
+	}
+	if data, err := os.ReadFile(ext); err != nil || string(data) != "ext" {
+		t.Errorf("b's snapshot external ids: %q (%v)", data, err)
+	}
+	if snaps, _ := filepath.Glob(filepath.Join(dirB, "cache-*")); len(snaps) != 2 {
+		t.Errorf("snapshot files in b's dir: %v, want only the fleet's two", snaps)
+	}
+	if err := a.SaveSnapshot(t.Context(), ca.Job, snap, [2]io.Reader{strings.NewReader("x"), strings.NewReader("y")}); !errors.Is(err, postgres.ErrLeaseLost) {
+		t.Errorf("a's snapshot after b took over: %v, want ErrLeaseLost", err)
 	}
 	// b goes on: its first append comes after a's committed records,
 	// which drops a's uncommitted third one.
@@ -160,7 +183,7 @@ func TestFleetLedgerMovesAJobBetweenStateDirs(t *testing.T) {
 	dirC := filepath.Join(t.TempDir(), "job9")
 	os.MkdirAll(dirC, 0o755)
 	checkpoint.Save(dirC, stale)
-	if err := syncStateDir(context.Background(), b, "job9", dirC); err != nil {
+	if err := syncStateDir(context.Background(), b, "job9", dirC, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := checkpoint.Load(dirC); !errors.Is(err, checkpoint.ErrNotExist) {

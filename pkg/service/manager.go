@@ -129,6 +129,8 @@ type activeJob struct {
 	// ran is closed when the supervisor's Run has returned, before the
 	// leases are released.
 	ran chan struct{}
+	// snapshots stores the run's cache snapshots in the fleet.
+	snapshots *snapshotUploader
 }
 
 func newManager(cfg Config, reg Registry, policy *confine.Policy, factory Factory, log zerolog.Logger, now func() time.Time, m *metrics) *Manager {

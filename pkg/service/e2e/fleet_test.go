@@ -662,6 +662,15 @@ func TestFleetDrainHandsJobOver(t *testing.T) {
 		t.Fatalf("after a drained: %+v, want completed in 2 runs", v)
 	}
 	exactlyOnce(t, target, count)
+	// a's drain stored its cache snapshot in PostgreSQL before it gave the
+	// lease up; b, with a state dir of its own, restored it rather than
+	// reading the whole target.
+	if !strings.Contains(a.stderr.String(), "cache snapshot stored in the fleet") {
+		t.Errorf("node a stored no snapshot:\n%s", a.stderr.String())
+	}
+	if !strings.Contains(b.stderr.String(), "Cache restored from snapshot") {
+		t.Errorf("node b did not restore a's snapshot:\n%s", b.stderr.String())
+	}
 	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
 		t.Errorf("final stop: %v", err)
 	}

@@ -67,15 +67,16 @@ func TestMigrateIsVersionedAndIdempotent(t *testing.T) {
 	}
 	create(t, s, "old", "", registry.StatusQueued)
 	// Back to version 1, by hand, with a quota key in version 1's column.
-	if _, err := pool.Exec(t.Context(), `DROP TABLE failed_items; ALTER TABLE checkpoints DROP COLUMN failed;
+	if _, err := pool.Exec(t.Context(), `DROP TABLE snapshot_chunks; DROP TABLE snapshots;
+		DROP TABLE failed_items; ALTER TABLE checkpoints DROP COLUMN failed;
 		ALTER TABLE jobs DROP COLUMN quota_keys; ALTER TABLE jobs ADD COLUMN quota_key text NOT NULL DEFAULT '';
 		UPDATE jobs SET quota_key = 'K';
 		DELETE FROM schema_migrations WHERE version > 1`); err != nil {
 		t.Fatal(err)
 	}
 	up, err := postgres.Migrate(t.Context(), pool)
-	if err != nil || fmt.Sprint(up) != "[2 3]" {
-		t.Errorf("upgrade from version 1: applied %v (%v), want [2 3]", up, err)
+	if err != nil || fmt.Sprint(up) != "[2 3 4]" {
+		t.Errorf("upgrade from version 1: applied %v (%v), want [2 3 4]", up, err)
 	}
 	if _, err := s.Get(t.Context(), "old"); err != nil {
 		t.Errorf("the job after the upgrade: %v", err)
