@@ -509,7 +509,9 @@ func (l *testLedger) Commit(_ context.Context, cp []byte, failed int64) error {
 	return nil
 }
 
-func (l *testLedger) Lease(context.Context) (time.Duration, error) { return 1500 * time.Millisecond, nil }
+func (l *testLedger) Lease(context.Context) (time.Duration, error) {
+	return 1500 * time.Millisecond, nil
+}
 
 // TestLedgerCrossesTheBroker: a Ledger given at Start is served to the
 // runner process through go-plugin's broker; its answers, a lost lease
