@@ -43,6 +43,12 @@ type Podio struct {
 	// RateWindow is the length of the API's rate-limit window, used to
 	// know when a spent quota comes back; 0 means 1h, Podio's window.
 	RateWindow Duration `json:"rate_window,omitempty"`
+	// QuotaShare N lets this endpoint use 1/N of each quota window, per
+	// tier, so that N jobs on the same Podio credentials can run at once
+	// without one starving the others; 0 means 1, the whole quota. It
+	// does not stop other jobs from spending the shared quota: see
+	// docs/design.md, "Growing past one host".
+	QuotaShare int `json:"quota_share,omitempty"`
 	// Files and Comments copy each item's files (attachments and image
 	// fields) and comments. Target only; nil means true when the source
 	// is a Podio app too, and setting either otherwise is an error.
@@ -57,6 +63,10 @@ type Podio struct {
 	// recognized as well, whatever the format. Target only.
 	ExternalIDFormat string `json:"external_id_format,omitempty"`
 }
+
+// MaxQuotaShare bounds quota_share: a hundredth of Podio's 250 "Rate
+// limited" calls an hour is about the least a job can work with.
+const MaxQuotaShare = 100
 
 // DefaultFilesConcurrency is the bound on file transfers in flight.
 const DefaultFilesConcurrency = 2
@@ -206,6 +216,9 @@ func (p *Podio) validate(v *Errors, name string, isSource bool) {
 	}
 	if p.RateWindow < 0 {
 		v.Add(name+".rate_window", "must not be negative")
+	}
+	if p.QuotaShare < 0 || p.QuotaShare > MaxQuotaShare {
+		v.Add(name+".quota_share", "must be between 1 and %d (this job uses 1/N of each quota window), or 0 for 1 (got %d)", MaxQuotaShare, p.QuotaShare)
 	}
 	if isSource {
 		if p.Silent != nil || p.Hook != nil {

@@ -39,6 +39,10 @@ func TestPodioValidation(t *testing.T) {
 		{"mixed flow keys", "  auth: {flow: refresh_token, client_id: c, client_secret_env: S, refresh_token_env: R, app_token_env: T}\n", okAuth, "do not apply to the refresh_token flow"},
 		{"bad flow", "  auth: {flow: magic, client_id: c, client_secret_env: S}\n", okAuth, "source.auth.flow"},
 		{"bad url", okAuth + "  api_url: ftp://x\n", okAuth, "source.api_url"},
+		{"quota share", okAuth + "  quota_share: 3\n", okAuth + "  quota_share: 1\n", ""},
+		{"negative quota share", okAuth, okAuth + "  quota_share: -2\n", "target.quota_share: must be between 1 and 100"},
+		{"huge quota share", okAuth + "  quota_share: 101\n", okAuth, "source.quota_share: must be between 1 and 100"},
+		{"fractional quota share", okAuth + "  quota_share: 0.5\n", okAuth, "quota_share"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := job.Parse(strings.NewReader(podioJob(tc.source, tc.target)))

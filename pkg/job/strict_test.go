@@ -39,6 +39,10 @@ func TestParseAPIIsStrict(t *testing.T) {
 		{"not an object", `[1]`, ""},
 		{"trailing", `{"id":"a",` + ok + `} {}`, ""},
 		{"validation", `{"id":"a",` + ok + `,"batch_size":0}`, "batch_size"},
+		{"podio quota share as text", `{"id":"a","source":{"type":"synthetic","count":3},"target":{"type":"podio","app_id":7,` +
+			`"auth":{"flow":"app","client_id":"c","client_secret_env":"S","app_token_env":"T"},"quota_share":"half"}}`, "target.quota_share"},
+		{"podio quota share of zero parts", `{"id":"a","source":{"type":"synthetic","count":3},"target":{"type":"podio","app_id":7,` +
+			`"auth":{"flow":"app","client_id":"c","client_secret_env":"S","app_token_env":"T"},"quota_share":-1}}`, "target.quota_share"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := job.ParseAPI([]byte(c.body), job.Default(), "/state")

@@ -26,6 +26,7 @@ type token struct {
 	expires  time.Time
 	refresh  string
 	revoked  bool
+	serial   int // the order of issue, from 1, for QuotaWindow.ByToken
 }
 
 type refreshGrant struct {
@@ -131,14 +132,15 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The token endpoint counts against the caller's quota as any call.
-	if st, b, ok := s.charge(params["client_id"]+"|"+identity, false, w.Header()); !ok {
+	if st, b, ok := s.charge(params["client_id"]+"|"+identity, 0, false, w.Header()); !ok {
 		eb := b.(errBody)
 		writeError(w, r, st, eb.code, eb.desc)
 		return
 	}
 	access, refresh := randToken(), randToken()
+	s.tokSerial++
 	s.tokens[access] = &token{identity: params["client_id"] + "|" + identity, appID: appID,
-		expires: s.now().Add(s.cfg.TokenTTL), refresh: refresh}
+		expires: s.now().Add(s.cfg.TokenTTL), refresh: refresh, serial: s.tokSerial}
 	s.refresh[refresh] = refreshGrant{clientID: params["client_id"], identity: identity, appID: appID, expires: s.refreshExpiry()}
 	s.stats.TokensIssued++
 	typ, idStr, _ := strings.Cut(identity, ":")

@@ -49,6 +49,8 @@
 // made) and X-Rate-Limit-Remaining; once either tier is spent, every call
 // is answered 420 {"error":"rate_limit","error_description":"You have hit
 // the rate limit. Please wait N seconds before trying again"}.
+// QuotaWindows reports every window with its calls per access token, so a
+// test can see how clients that share credentials split a quota.
 //
 // Auth (auth.go): refresh tokens expire after Config.RefreshTTL and can
 // be revoked (RevokeRefreshToken, RevokeAll), which also revokes the

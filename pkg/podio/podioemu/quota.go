@@ -43,8 +43,43 @@ func IsRateLimitedCall(method, path string) bool {
 }
 
 type quotaWindow struct {
-	start time.Time
-	count int
+	identity, tier string
+	start          time.Time
+	count          int
+	byToken        map[int]int
+}
+
+// QuotaWindow is one quota window of one caller and tier, as the emulator
+// counted it: the calls it allowed, in all and per access token.
+type QuotaWindow struct {
+	Identity string
+	Tier     string // "general" or "limited"
+	Start    time.Time
+	Calls    int
+	// ByToken counts the allowed calls per access token, keyed by the
+	// order in which the tokens were issued (1, 2, ...); 0 is the token
+	// endpoint itself. Clients that share credentials hold tokens of
+	// their own, so this tells their calls apart.
+	ByToken map[int]int
+}
+
+// maxWindowLog bounds the windows QuotaWindows keeps.
+const maxWindowLog = 4096
+
+// QuotaWindows returns the quota windows started so far, oldest first (at
+// most the last 4,096), the current ones included.
+func (s *Server) QuotaWindows() []QuotaWindow {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]QuotaWindow, 0, len(s.windowLog))
+	for _, w := range s.windowLog {
+		by := make(map[int]int, len(w.byToken))
+		for k, v := range w.byToken {
+			by[k] = v
+		}
+		out = append(out, QuotaWindow{Identity: w.identity, Tier: w.tier, Start: w.start, Calls: w.count, ByToken: by})
+	}
+	return out
 }
 
 // SetQuota replaces the general rate limit; the limited tier becomes a
@@ -54,6 +89,7 @@ func (s *Server) SetQuota(limit int, every time.Duration) {
 	defer s.mu.Unlock()
 	s.cfg.RateLimit, s.cfg.LimitedRateLimit, s.cfg.RateWindow = limit, limit/4, every
 	s.windows = map[string]*quotaWindow{}
+	s.windowLog = nil
 }
 
 // window returns the caller's current window of a tier, starting a new
@@ -65,9 +101,13 @@ func (s *Server) window(identity, tier string, now time.Time, start bool) *quota
 		if !start {
 			return nil
 		}
-		w = &quotaWindow{start: now}
+		w = &quotaWindow{identity: identity, tier: tier, start: now, byToken: map[int]int{}}
 		s.windows[k] = w
 		s.stats.Windows++
+		if len(s.windowLog) == maxWindowLog {
+			s.windowLog = append(s.windowLog[:0], s.windowLog[1:]...)
+		}
+		s.windowLog = append(s.windowLog, w)
 	}
 	return w
 }
@@ -80,11 +120,12 @@ func (s *Server) limitOf(tier string) int {
 	return s.cfg.RateLimit
 }
 
-// charge counts one call of identity against its quota and sets the
+// charge counts one call of identity, made with the serial-th access
+// token (0: the token endpoint), against its quota and sets the
 // rate-limit headers: X-Rate-Limit-Limit is the ceiling of this call's
 // tier and X-Rate-Limit-Remaining what is left of it. It returns a 420
 // when either tier is spent; a refused call is not counted.
-func (s *Server) charge(identity string, limited bool, h http.Header) (int, any, bool) {
+func (s *Server) charge(identity string, serial int, limited bool, h http.Header) (int, any, bool) {
 	if s.cfg.RateLimit <= 0 {
 		return 0, nil, true
 	}
@@ -116,6 +157,7 @@ func (s *Server) charge(identity string, limited bool, h http.Header) (int, any,
 	for _, t := range tiers {
 		w := s.window(identity, t, now, true)
 		w.count++
+		w.byToken[serial]++
 		if t == tierLimited {
 			s.stats.LimitedAllowed++
 		}

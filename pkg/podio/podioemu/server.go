@@ -116,6 +116,8 @@ type Server struct {
 	tokens      map[string]*token
 	refresh     map[string]refreshGrant
 	windows     map[string]*quotaWindow
+	windowLog   []*quotaWindow // QuotaWindows
+	tokSerial   int
 	files       map[int64]*file
 	nextFile    int64
 	nextComment int64
@@ -511,7 +513,7 @@ func (s *Server) gate(c *call) (int, any, bool) {
 		// This call still passes; the next ones see the expiry.
 		s.expireAllLocked()
 	}
-	if st, b, ok := s.charge(tok.identity, IsRateLimitedCall(c.r.Method, c.r.URL.Path), c.w.Header()); !ok {
+	if st, b, ok := s.charge(tok.identity, tok.serial, IsRateLimitedCall(c.r.Method, c.r.URL.Path), c.w.Header()); !ok {
 		return st, b, false
 	}
 	if s.burst > 0 {
