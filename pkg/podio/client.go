@@ -32,6 +32,10 @@ type Options struct {
 	MaxAttempts int
 	// RateWindow is the API's quota window; 0 means an hour.
 	RateWindow time.Duration
+	// QuotaShare N makes the client use at most 1/N of each quota window
+	// (see Gate); 0 or 1 means the whole quota. A Gate given below keeps
+	// its own share.
+	QuotaShare int
 	// Gate, if set, is shared with other clients on the same quota.
 	Gate *Gate
 	// Backoff between retried attempts: it starts at BackoffInitial
@@ -102,7 +106,7 @@ func NewClient(o Options) *Client {
 		c.maxRLWait = 2 * time.Hour
 	}
 	if c.gate == nil {
-		c.gate = NewGate(o.RateWindow, c.now)
+		c.gate = NewGateShare(o.RateWindow, o.QuotaShare, c.now)
 	}
 	if c.http == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()

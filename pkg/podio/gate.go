@@ -5,6 +5,8 @@ import (
 
 	"github.com/memvisor/memvisor/pkg/connector"
 	"net/http"
+	"slices"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -35,9 +37,26 @@ import (
 // one bucket per tier, learned from the answers of that tier's calls, and
 // holds a call while any bucket it draws on is spent (once either limit
 // is hit, Podio refuses every call).
+//
+// A gate with a quota share N (NewGateShare) also keeps to 1/N of each
+// tier's limit, less the reserve, in every window, so that N jobs on the
+// same credentials can run at once without one starving the others (see
+// docs/design.md, "Growing past one host"). Podio does not say when its
+// windows start, so the share is counted over a sliding window: a call
+// holds a slot of its share from when it starts until Window after its
+// answer, and a call waits while every slot is held. Every call Podio
+// counts in one of its windows holds its slot at that window's last
+// instant, so none of Podio's windows, wherever they fall, gets more
+// calls than the share. A call answered 420 or 429, or not at all, gives
+// its slot back at once: Podio did not count it, or most likely not. The
+// last tenth of the share is spread over the time until the oldest slot
+// comes back, as the last tenth of the quota is over the window. All of
+// this comes on top of the holds above: the shared Remaining still binds,
+// since other jobs may have spent it.
 type Gate struct {
 	window  time.Duration
 	reserve int
+	share   int // 1: the whole quota
 	now     func() time.Time
 
 	mu      sync.Mutex
@@ -53,6 +72,9 @@ type bucket struct {
 	winEnd    time.Time
 	inflight  int
 	lastStart time.Time
+	// slots holds, with a quota share, when each answered call of the
+	// last window gives its slot back, oldest first.
+	slots []time.Time
 }
 
 const (
@@ -63,14 +85,23 @@ const (
 // NewGate returns a gate for a quota window of the given length (Podio's
 // is one hour).
 func NewGate(window time.Duration, now func() time.Time) *Gate {
+	return NewGateShare(window, 1, now)
+}
+
+// NewGateShare returns a gate that uses 1/share of each quota window, of
+// each tier; a share of 1 or less is the whole quota, as NewGate.
+func NewGateShare(window time.Duration, share int, now func() time.Time) *Gate {
 	if now == nil {
 		now = time.Now
 	}
 	if window <= 0 {
 		window = time.Hour
 	}
-	return &Gate{window: window, reserve: 1, now: now}
+	return &Gate{window: window, reserve: 1, share: max(share, 1), now: now}
 }
+
+// Share returns the gate's quota share N: it uses 1/N of each window.
+func (g *Gate) Share() int { return g.share }
 
 // ticket is one call let through by the gate.
 type ticket struct {
@@ -89,9 +120,18 @@ func (g *Gate) wait(ctx context.Context, limited bool, hold <-chan struct{}) (*t
 	for {
 		g.mu.Lock()
 		now := g.now()
-		until := g.holdLocked(now, &g.buckets[tierGeneral])
-		if limited && until.IsZero() {
-			until = g.holdLocked(now, &g.buckets[tierLimited])
+		var until time.Time
+		for _, b := range g.drawn(limited) {
+			if until = g.holdLocked(now, b); !until.IsZero() {
+				break
+			}
+		}
+		if until.IsZero() && g.share > 1 {
+			for _, b := range g.drawn(limited) {
+				if until = g.holdShareLocked(now, b); !until.IsZero() {
+					break
+				}
+			}
 		}
 		if until.IsZero() {
 			t := &ticket{g: g, limited: limited}
@@ -152,19 +192,71 @@ func (g *Gate) holdLocked(now time.Time, b *bucket) time.Time {
 	return time.Time{}
 }
 
+// allowance is the slots of b's tier that the gate's share allows:
+// limit/share less the reserve, and at least one.
+func (g *Gate) allowance(b *bucket) int {
+	return max(1, b.limit/g.share-g.reserve)
+}
+
+// held returns the slots of b's share held at now: the calls in flight
+// and those answered less than a window ago. It drops the slots given
+// back.
+func (b *bucket) held(now time.Time) int {
+	i := sort.Search(len(b.slots), func(i int) bool { return b.slots[i].After(now) })
+	b.slots = b.slots[i:]
+	return b.inflight + len(b.slots)
+}
+
+// holdShareLocked returns when the next call on b may go as far as the
+// gate's share is concerned, or zero for now.
+func (g *Gate) holdShareLocked(now time.Time, b *bucket) time.Time {
+	left := -1
+	if b.limit > 0 {
+		left = g.allowance(b) - b.held(now)
+	}
+	switch {
+	case b.limit <= 0:
+		return time.Time{}
+	case left <= 0 && len(b.slots) > 0:
+		return b.slots[0]
+	case left <= 0:
+		// Every slot is a call in flight: an answer starts its slot's
+		// window.
+		return now.Add(20 * time.Millisecond)
+	case 10*left < g.allowance(b) && len(b.slots) > 0:
+		next := b.lastStart.Add(b.slots[0].Sub(now) / time.Duration(left+1))
+		if now.Before(next) {
+			return next
+		}
+	}
+	return time.Time{}
+}
+
+// holdSlot keeps a slot of b's share until the given time.
+func (b *bucket) holdSlot(until time.Time) {
+	i := sort.Search(len(b.slots), func(i int) bool { return b.slots[i].After(until) })
+	b.slots = slices.Insert(b.slots, i, until)
+}
+
 // observe records a call's answer: its rate-limit headers, or a 420's
 // wait. It must be called once per ticket.
 func (t *ticket) observe(status int, h http.Header, wait time.Duration) {
 	g := t.g
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	now := g.now()
 	if !t.done {
 		t.done = true
+		// With a share, an answered call that Podio counted keeps its
+		// slot a window more.
+		counted := g.share > 1 && (status != 0 || h != nil) && !isRateLimit(status)
 		for _, b := range g.drawn(t.limited) {
 			b.inflight--
+			if counted {
+				b.holdSlot(now.Add(g.window))
+			}
 		}
 	}
-	now := g.now()
 	if isRateLimit(status) {
 		g.hits++
 		if wait > 0 {
@@ -221,6 +313,9 @@ func (g *Gate) Until() time.Time {
 		b := &g.buckets[i]
 		if b.limit > 0 && b.remaining-b.inflight-g.reserve <= 0 && now.Before(b.winEnd) {
 			until = maxTime(until, b.winEnd)
+		}
+		if g.share > 1 && b.limit > 0 && b.held(now) >= g.allowance(b) && len(b.slots) > 0 {
+			until = maxTime(until, b.slots[0])
 		}
 	}
 	return until

@@ -19,7 +19,8 @@ func NewJobClient(p *job.Podio, log zerolog.Logger) (*Client, error) {
 	}
 	return NewClient(Options{
 		BaseURL: p.APIURL, Credentials: creds, Timeout: p.Timeout.D(),
-		MaxAttempts: p.MaxAttempts, RateWindow: p.RateWindow.D(), BackoffInitial: p.Backoff.D(), Logger: log,
+		MaxAttempts: p.MaxAttempts, RateWindow: p.RateWindow.D(), QuotaShare: p.QuotaShare,
+		BackoffInitial: p.Backoff.D(), Logger: log,
 	}), nil
 }
 
