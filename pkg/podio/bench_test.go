@@ -69,6 +69,75 @@ func BenchmarkPodioQuota(b *testing.B) {
 	benchfmt.Report(b, "podio_rate_limit_hits", float64(hitsA+hitsB), "420s")
 }
 
+// BenchmarkPodioQuotaSplit runs two clients with the same credentials and
+// a quota share of 2 against a quota of 200 calls per 5s window for 30s,
+// one with four goroutines and one with one, all making general calls
+// (count). It reports, over the windows that ended within the run, the
+// largest fraction of the two clients' calls in a window that one of
+// them made (a fair split is 0.5; with a share of 1 the busier one took
+// 0.88 in a run here, and two calls met a 420), the mean fraction of the
+// quota the two used (at most 0.99: each keeps its reserve of one call)
+// and the 420s received. It measures once, whatever b.N is.
+func BenchmarkPodioQuotaSplit(b *testing.B) {
+	const (
+		limit    = 200
+		window   = 5 * time.Second
+		duration = 30 * time.Second
+		share    = 2
+	)
+	s, _ := newEmu(b, podioemu.Config{RateLimit: limit, RateWindow: window}, 1)
+	ctx := b.Context()
+	b.ResetTimer()
+	start := time.Now()
+	stop := start.Add(duration)
+	var wg sync.WaitGroup
+	for _, goroutines := range []int{4, 1} {
+		c := newClient(b, s, appCreds(srcApp, srcToken), func(o *podio.Options) {
+			o.RateWindow = window
+			o.QuotaShare = share
+		})
+		for range goroutines {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(stop) {
+					if _, err := c.Count(ctx, srcApp); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	var maxShare, used float64
+	full := 0
+	for _, w := range s.QuotaWindows() {
+		if w.Tier != "general" || w.Start.Add(window).After(stop) {
+			continue
+		}
+		most, calls := 0, 0
+		for serial, n := range w.ByToken {
+			if serial > 0 {
+				most, calls = max(most, n), calls+n
+			}
+		}
+		if calls == 0 {
+			continue
+		}
+		full++
+		maxShare = max(maxShare, float64(most)/float64(calls))
+		used += float64(calls) / limit
+		b.Logf("window at +%s: %d calls, by token %v", w.Start.Sub(start).Round(time.Millisecond), w.Calls, w.ByToken)
+	}
+	if full == 0 {
+		b.Fatal("no window ended within the run")
+	}
+	benchfmt.Report(b, "podio_quota_split_max_share", maxShare, "ratio")
+	benchfmt.Report(b, "podio_quota_split_utilization", used/float64(full), "quota")
+	benchfmt.Report(b, "podio_quota_split_420s", float64(s.Stats().Quota420), "420s")
+}
+
 // BenchmarkPodioItemsPerSecond creates items through the target with
 // five writers and no quota.
 func BenchmarkPodioItemsPerSecond(b *testing.B) {
