@@ -27,6 +27,7 @@
 //	  timeout: 60s                     # one HTTP request
 //	  max_attempts: 6                  # retried failures (network, 5xx) per request
 //	  rate_window: 1h                  # the quota window, to know when a spent quota returns
+//	  quota_share: 1                   # N: use at most 1/N of each window, per tier
 //	target:
 //	  type: podio
 //	  app_id: 30002
@@ -135,6 +136,14 @@
 // a jittered backoff. A source and a target have a gate each; Podio counts
 // quotas per user (or app) and API key, so with the same credentials each
 // gate still sees the other's calls in the Remaining header.
+//
+// quota_share N (Options.QuotaShare) gives an endpoint a fixed part of
+// the quota: its gate lets at most 1/N of each tier's limit, less its
+// reserve of one call, through in any window's length of time (see
+// Gate), so that N jobs on the same credentials each get their part
+// whatever the others do. N counts gates, not jobs: a job whose source
+// and target share the credentials has two, and a fleet that runs N such
+// jobs at once gives each endpoint 2N.
 //
 // Errors are *connector.ItemError with Podio's error body verbatim as the
 // detail: network (transport failures and 5xx, retried with jittered
