@@ -210,20 +210,19 @@ func (b *bucket) held(now time.Time) int {
 // holdShareLocked returns when the next call on b may go as far as the
 // gate's share is concerned, or zero for now.
 func (g *Gate) holdShareLocked(now time.Time, b *bucket) time.Time {
-	left := -1
-	if b.limit > 0 {
-		left = g.allowance(b) - b.held(now)
-	}
-	switch {
-	case b.limit <= 0:
+	if b.limit <= 0 {
 		return time.Time{}
+	}
+	allow := g.allowance(b)
+	left := allow - b.held(now)
+	switch {
 	case left <= 0 && len(b.slots) > 0:
 		return b.slots[0]
 	case left <= 0:
 		// Every slot is a call in flight: an answer starts its slot's
 		// window.
 		return now.Add(20 * time.Millisecond)
-	case 10*left < g.allowance(b) && len(b.slots) > 0:
+	case 10*left < allow && len(b.slots) > 0:
 		next := b.lastStart.Add(b.slots[0].Sub(now) / time.Duration(left+1))
 		if now.Before(next) {
 			return next
@@ -232,8 +231,16 @@ func (g *Gate) holdShareLocked(now time.Time, b *bucket) time.Time {
 	return time.Time{}
 }
 
+// maxSlots bounds the slots a bucket keeps, whatever the limit (Podio's
+// is 1,000): an API that sends no limit, or a huge one, cannot make a
+// gate's memory grow with the calls of a window.
+const maxSlots = 1 << 14
+
 // holdSlot keeps a slot of b's share until the given time.
 func (b *bucket) holdSlot(until time.Time) {
+	if len(b.slots) >= maxSlots {
+		b.slots = b.slots[1:]
+	}
 	i := sort.Search(len(b.slots), func(i int) bool { return b.slots[i].After(until) })
 	b.slots = slices.Insert(b.slots, i, until)
 }

@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/podio"
 	"github.com/memvisor/memvisor/pkg/podio/podioemu"
 )
@@ -157,5 +160,24 @@ func TestQuotaShareHoldsUntilTheWindowEnds(t *testing.T) {
 	}
 	if first != allow || second != 1 {
 		t.Errorf("calls in the first window %d and after it %d, want %d and 1 (windows %+v)", first, second, allow, w)
+	}
+}
+
+// A job's quota_share reaches the gate of the client made for it; none
+// means the whole quota.
+func TestJobClientTakesTheQuotaShare(t *testing.T) {
+	t.Setenv("MEMVISOR_TEST_SECRET", "s")
+	t.Setenv("MEMVISOR_TEST_APP_TOKEN", "a")
+	for _, tc := range []struct{ share, want int }{{0, 1}, {1, 1}, {3, 3}} {
+		p := &job.Podio{AppID: srcApp, QuotaShare: tc.share, Auth: &job.PodioAuth{Flow: job.PodioFlowApp,
+			ClientID: clientID, ClientSecretEnv: "MEMVISOR_TEST_SECRET", AppTokenEnv: "MEMVISOR_TEST_APP_TOKEN"}}
+		c, err := podio.NewJobClient(p, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Gate().Share(); got != tc.want {
+			t.Errorf("quota_share %d: gate share %d, want %d", tc.share, got, tc.want)
+		}
+		c.Close()
 	}
 }
