@@ -46,7 +46,9 @@ func TestRunnerCopiesFilesThroughKills(t *testing.T) {
 		t.Skip("moves 90 MB of files through the runner binary")
 	}
 	bin := testbin.Path(t, "runner")
-	s := podioemu.New(podioemu.Config{Seed: 11, FileDir: t.TempDir()})
+	// Every call takes 10 ms, so that a transfer is still under way when
+	// the test sees an upload land and kills the runner.
+	s := podioemu.New(podioemu.Config{Seed: 11, FileDir: t.TempDir(), Faults: podioemu.Faults{Latency: 10 * time.Millisecond}})
 	var items []fileItem
 	for i := range 20 {
 		it := fileItem{sizes: []int64{int64(256<<10 + i*90_001)}, image: int64(30_000 + i), comments: i % 4}
@@ -92,9 +94,11 @@ func TestRunnerCopiesFilesThroughKills(t *testing.T) {
 		}
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
-		wait := time.Duration(300+rng.IntN(900)) * time.Millisecond
-		tick := time.NewTicker(20 * time.Millisecond)
-		deadline := time.After(wait)
+		// The kill comes after 1 to 4 more uploads: on the emulator's
+		// count, not on the clock, so it lands mid-job on any machine.
+		want := s.Stats().Uploads + 1 + rng.Int64N(4)
+		tick := time.NewTicker(5 * time.Millisecond)
+		deadline := time.After(2 * time.Minute)
 		done := false
 	watch:
 		for {
@@ -108,6 +112,9 @@ func TestRunnerCopiesFilesThroughKills(t *testing.T) {
 				break watch
 			case <-tick.C:
 				peak = max(peak, vmHWM(cmd.Process.Pid))
+				if s.Stats().Uploads >= want {
+					break watch
+				}
 			case <-deadline:
 				break watch
 			}
@@ -122,7 +129,7 @@ func TestRunnerCopiesFilesThroughKills(t *testing.T) {
 		logf.Close()
 		kills++
 		st := s.Stats()
-		t.Logf("run %d killed after %s: %d uploads, %d attached, %d comments so far", run, wait, st.Uploads, st.Attached, st.Comments)
+		t.Logf("run %d killed: %d uploads, %d attached, %d comments so far", run, st.Uploads, st.Attached, st.Comments)
 	}
 	if kills == 0 {
 		t.Fatal("the runner was never killed")
