@@ -340,10 +340,22 @@ func SpecHash(s job.Spec) string {
 		OnDuplicate    job.OnDuplicate
 		FieldMapping   map[string]string
 		MaxItems       int64
-	}{s.Source, s.Target, s.Match, s.Mode, s.OnDuplicate, s.FieldMapping, s.MaxItems}
+	}{withoutQuotaShare(s.Source), withoutQuotaShare(s.Target), s.Match, s.Mode, s.OnDuplicate, s.FieldMapping, s.MaxItems}
 	data, _ := json.Marshal(v)
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:8])
+}
+
+// withoutQuotaShare leaves a Podio endpoint's quota_share out of the spec
+// hash: a fleet sets it for each run from its configuration, and a change
+// of pace is no change of what is migrated.
+func withoutQuotaShare(e job.Endpoint) job.Endpoint {
+	if e.Podio != nil && e.Podio.QuotaShare != 0 {
+		p := *e.Podio
+		p.QuotaShare = 0
+		e.Podio = &p
+	}
+	return e
 }
 
 func (b *Batcher) setTotal(ctx context.Context) {

@@ -15,6 +15,7 @@ import (
 	"github.com/memvisor/memvisor/pkg/batcher"
 	"github.com/memvisor/memvisor/pkg/checkpoint"
 	"github.com/memvisor/memvisor/pkg/connector"
+	"github.com/memvisor/memvisor/pkg/job"
 )
 
 // memRemote is a fleet's database in memory: the failure records by
@@ -215,5 +216,32 @@ func TestFenceStopsWritesAtOnce(t *testing.T) {
 	checkExactlyOnce(t, f, res, 60, 60, 0)
 	if _, err := os.Stat(filepath.Join(f.spec.Dir(), batcher.FailedFile)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSpecHashIgnoresQuotaShare: a fleet sets quota_share per run, so it
+// must not make a resume look like another migration; the app does.
+func TestSpecHashIgnoresQuotaShare(t *testing.T) {
+	s := job.Default()
+	s.ID = "h"
+	s.Source = job.Endpoint{Type: job.TypePodio, Podio: &job.Podio{AppID: 1}}
+	s.Target = job.Endpoint{Type: job.TypePodio, Podio: &job.Podio{AppID: 2}}
+	base := batcher.SpecHash(s)
+	shared := s
+	p := *s.Target.Podio
+	p.QuotaShare = 3
+	shared.Target.Podio = &p
+	if got := batcher.SpecHash(shared); got != base {
+		t.Errorf("quota_share changed the spec hash: %s, was %s", got, base)
+	}
+	if s.Target.Podio.QuotaShare != 0 {
+		t.Error("SpecHash changed the spec it hashed")
+	}
+	other := s
+	q := *s.Target.Podio
+	q.AppID = 3
+	other.Target.Podio = &q
+	if batcher.SpecHash(other) == base {
+		t.Error("another target app has the same spec hash")
 	}
 }

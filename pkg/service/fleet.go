@@ -76,6 +76,43 @@ func podioPrincipal(p job.Podio) (clientID, principal string, err error) {
 	return a.ClientID, principal, nil
 }
 
+// withQuotaShares gives each Podio end of a job claimed under
+// podio_quota_shares N > 1 its part of the quota (quota_share): 1/N of
+// each set of credentials, and 1/(2N) for each end when both ends use the
+// same set, since each end paces its own calls. A larger quota_share the
+// job set itself stays.
+func withQuotaShares(spec job.Spec, shares int) job.Spec {
+	if shares <= 1 {
+		return spec
+	}
+	ends := []*job.Endpoint{&spec.Source, &spec.Target}
+	keys := make([]string, len(ends))
+	for i, e := range ends {
+		if e.Type != job.TypePodio || e.Podio == nil {
+			continue
+		}
+		api := e.APIURL
+		if api == "" {
+			api = job.DefaultPodioAPIURL
+		}
+		clientID, principal, _ := podioPrincipal(*e.Podio)
+		keys[i] = postgres.QuotaKey(api, clientID, principal)
+	}
+	for i, e := range ends {
+		if keys[i] == "" {
+			continue
+		}
+		n := shares
+		if keys[0] == keys[1] {
+			n *= 2
+		}
+		p := *e.Podio
+		p.QuotaShare = min(max(p.QuotaShare, n), job.MaxQuotaShare)
+		e.Podio = &p
+	}
+	return spec
+}
+
 // scheduleFleet claims jobs from the shared queue while this node has free
 // slots: queued jobs, and running jobs whose owner's lease ran out.
 func (m *Manager) scheduleFleet() {

@@ -18,6 +18,7 @@ import (
 	"github.com/memvisor/memvisor/pkg/batcher"
 	"github.com/memvisor/memvisor/pkg/checkpoint"
 	"github.com/memvisor/memvisor/pkg/connector"
+	"github.com/memvisor/memvisor/pkg/job"
 	"github.com/memvisor/memvisor/pkg/pgtest"
 	"github.com/memvisor/memvisor/pkg/service/registry"
 	"github.com/memvisor/memvisor/pkg/service/registry/postgres"
@@ -188,5 +189,47 @@ func TestFleetLedgerMovesAJobBetweenStateDirs(t *testing.T) {
 	}
 	if _, err := checkpoint.Load(dirC); !errors.Is(err, checkpoint.ErrNotExist) {
 		t.Errorf("a local checkpoint the fleet does not have: %v, want moved aside", err)
+	}
+}
+
+// TestWithQuotaShares: a job claimed under podio_quota_shares N gets 1/N
+// of each set of credentials per end, 1/(2N) per end when both ends share
+// one set, never less than it asked for itself.
+func TestWithQuotaShares(t *testing.T) {
+	user := func(name string) *job.Podio {
+		return &job.Podio{AppID: 7, Auth: &job.PodioAuth{Flow: "password", ClientID: "c", UsernameEnv: name}}
+	}
+	t.Setenv("QS_ALICE", "alice")
+	t.Setenv("QS_BOB", "bob")
+	spec := func(src, tgt *job.Podio) job.Spec {
+		s := job.Default()
+		s.Source = job.Endpoint{Type: job.TypePodio, Podio: src}
+		s.Target = job.Endpoint{Type: job.TypePodio, Podio: tgt}
+		return s
+	}
+	shares := func(s job.Spec) [2]int { return [2]int{s.Source.Podio.QuotaShare, s.Target.Podio.QuotaShare} }
+	if got := shares(withQuotaShares(spec(user("QS_ALICE"), user("QS_BOB")), 1)); got != [2]int{0, 0} {
+		t.Errorf("one share: %v, want the job's own", got)
+	}
+	if got := shares(withQuotaShares(spec(user("QS_ALICE"), user("QS_BOB")), 3)); got != [2]int{3, 3} {
+		t.Errorf("3 shares, two users: %v, want [3 3]", got)
+	}
+	if got := shares(withQuotaShares(spec(user("QS_ALICE"), user("QS_ALICE")), 3)); got != [2]int{6, 6} {
+		t.Errorf("3 shares, one user at both ends: %v, want [6 6]", got)
+	}
+	own := user("QS_BOB")
+	own.QuotaShare = 10
+	in := spec(user("QS_ALICE"), own)
+	if got := shares(withQuotaShares(in, 3)); got != [2]int{3, 10} {
+		t.Errorf("3 shares, target asking for 10: %v, want [3 10]", got)
+	}
+	if in.Source.Podio.QuotaShare != 0 {
+		t.Error("withQuotaShares changed the spec it was given")
+	}
+	j := job.Default()
+	j.Source = job.Endpoint{Type: job.TypeJSONL, Path: "/x"}
+	j.Target = job.Endpoint{Type: job.TypePodio, Podio: user("QS_BOB")}
+	if got := withQuotaShares(j, 2); got.Target.Podio.QuotaShare != 2 || got.Source.Podio != nil {
+		t.Errorf("jsonl to Podio, 2 shares: target %d", got.Target.Podio.QuotaShare)
 	}
 }

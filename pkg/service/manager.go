@@ -385,6 +385,9 @@ func (m *Manager) start(rec registry.Record, claim *postgres.Claim) {
 		fail(fmt.Errorf("decode stored job spec: %w", err))
 		return
 	}
+	if claim != nil {
+		spec = withQuotaShares(spec, claim.QuotaShares)
+	}
 	aj := &activeJob{id: rec.ID, done: make(chan struct{}), ran: make(chan struct{}), log: log, level: LevelOK}
 	m.mu.Lock()
 	h := m.hubLocked(rec.ID)
