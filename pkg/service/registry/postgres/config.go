@@ -6,6 +6,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,7 +27,11 @@ func (u URL) String() string { return redact(string(u)) }
 // MarshalJSON writes the masked URL.
 func (u URL) MarshalJSON() ([]byte, error) { return json.Marshal(u.String()) }
 
-var kvPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+// kvPassword is compiled on first use, not at start-up: this package is
+// linked into every supervisor, and `supervisor run` never masks a URL.
+var kvPassword = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+})
 
 func redact(s string) string {
 	if s == "" {
@@ -46,7 +51,7 @@ func redact(s string) string {
 	if strings.Contains(s, "://") {
 		return "[unparseable URL]"
 	}
-	return kvPassword.ReplaceAllString(s, "${1}xxxxx")
+	return kvPassword().ReplaceAllString(s, "${1}xxxxx")
 }
 
 // Fleet is the fleet part of the service's configuration. Its keys sit at
@@ -96,8 +101,6 @@ func (f *Fleet) ApplyEnv(getenv func(string) string, hostname func() (string, er
 // Hostname is os.Hostname, for ApplyEnv.
 func Hostname() (string, error) { return os.Hostname() }
 
-var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-
 // Validate reports every bad field by its name in the config file.
 func (f Fleet) Validate() job.Errors {
 	var v job.Errors
@@ -110,7 +113,7 @@ func (f Fleet) Validate() job.Errors {
 			v.Add("node_id", "must be set when postgres_url is (the host name could not be read)")
 		}
 	}
-	if f.NodeID != "" && !nodeIDPattern.MatchString(f.NodeID) {
+	if f.NodeID != "" && !job.ValidName(f.NodeID, 63) {
 		v.Add("node_id", "must be 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit (got %q)", f.NodeID)
 	}
 	if d := f.LeaseTTL.D(); d < 3*time.Second || d > 10*time.Minute {
