@@ -83,8 +83,8 @@ type Options struct {
 	// Limit is the memory budget for the GC hygiene rules; 0 turns the
 	// percentage rules off.
 	Limit int64
-	// Remote, in a fleet, records every commit before the state
-	// directory does; the local checkpoint moves only once it accepted.
+	// Remote, in a fleet, records every commit, while the next batch is
+	// written; the next commit waits for it (see commit).
 	Remote Remote
 	// Fence, if set, is asked before every target write and every
 	// commit. Its first error (the job's lease is lost) stops the job at
@@ -132,10 +132,12 @@ type Batcher struct {
 	// failBase is the number of failure records fails opened with.
 	failBase int64
 	// fenced holds the first error Fence returned.
-	fenced  atomic.Pointer[error]
-	cp      checkpoint.Checkpoint
-	dry     *dryRun
-	dryNext int64
+	fenced atomic.Pointer[error]
+	// remoteDone gets the result of the Remote commit in flight.
+	remoteDone chan error
+	cp         checkpoint.Checkpoint
+	dry        *dryRun
+	dryNext    int64
 }
 
 // New checks the options and returns a Batcher.
@@ -299,10 +301,17 @@ func (b *Batcher) Run(ctx context.Context) (Result, error) {
 	defer fails.Close()
 	b.fails, b.failBase = fails, cp.FailedRecords
 
+	var res Result
 	if b.o.RetryFailed {
-		return b.retryFailed(ctx)
+		res, err = b.retryFailed(ctx)
+	} else {
+		res, err = b.loop(ctx)
 	}
-	return b.loop(ctx)
+	// The last commit counts only once the Remote has it too.
+	if werr := b.waitRemote(); err == nil && werr != nil {
+		return Result{}, werr
+	}
+	return res, err
 }
 
 // FailedFile is failed.jsonl's name in the job's state directory.
@@ -677,11 +686,21 @@ func (b *Batcher) writeSnapshot() (*checkpoint.Snapshot, error) {
 // flush and sync separately, the checkpoint's temporary file is written
 // and fsynced while the target's fsync runs; it is renamed into place only
 // after both are done, so the order the invariant needs is kept.
+//
+// With a Remote (a fleet), the checkpoint is then recorded there while
+// the next batch is written: the next commit first waits for it, and
+// stops the job if it was refused. So the state directory may be one
+// commit ahead of the fleet, never behind, and the fleet never records a
+// commit whose target writes are not durable.
 func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, snap *checkpoint.Snapshot, part *checkpoint.Partial) error {
 	// A job that may no longer write flushes nothing to the target.
 	if err := b.checkFence(); err != nil {
 		return err
 	}
+	if err := b.waitRemote(); err != nil {
+		return err
+	}
+	prev := b.cp
 	fsize, err := b.fails.Sync()
 	if err != nil {
 		return err
@@ -706,9 +725,6 @@ func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, 
 		}()
 		pending, err = checkpoint.Prepare(b.o.Dir, cp)
 		wg.Wait()
-		if serr == nil && err == nil {
-			err = b.commitFailuresAndRemote(ctx, cp)
-		}
 		if serr != nil || err != nil {
 			if pending != nil {
 				pending.Abort()
@@ -721,26 +737,43 @@ func (b *Batcher) commit(ctx context.Context, next connector.Cursor, done bool, 
 		if err := pending.Commit(); err != nil {
 			return err
 		}
-		return b.committed(cp)
+		return b.committedThenRemote(ctx, cp, prev)
 	}
 	mark, err := b.o.Target.Sync(ctx)
 	if err != nil {
 		return fmt.Errorf("sync target before checkpoint: %w", err)
 	}
 	cp := b.nextCheckpoint(next, mark, fsize, done, snap, part)
-	if err := b.commitFailuresAndRemote(ctx, cp); err != nil {
-		return err
-	}
 	if err := checkpoint.Save(b.o.Dir, cp); err != nil {
 		return err
 	}
-	return b.committed(cp)
+	return b.committedThenRemote(ctx, cp, prev)
 }
 
-// commitFailuresAndRemote records cp, and the failures logged since the
-// last checkpoint, in the Remote.
-func (b *Batcher) commitFailuresAndRemote(ctx context.Context, cp checkpoint.Checkpoint) error {
-	return b.commitRemote(ctx, cp, filepath.Join(b.o.Dir, FailedFile), b.cp.FailedBytes, b.cp.FailedRecords)
+// committedThenRemote records cp as committed and starts recording it,
+// with the failures logged since prev, in the Remote.
+func (b *Batcher) committedThenRemote(ctx context.Context, cp, prev checkpoint.Checkpoint) error {
+	if err := b.committed(cp); err != nil {
+		return err
+	}
+	if b.o.Remote != nil {
+		ch := make(chan error, 1)
+		b.remoteDone = ch
+		path := filepath.Join(b.o.Dir, FailedFile)
+		go func() { ch <- b.commitRemote(ctx, cp, path, prev.FailedBytes, prev.FailedRecords) }()
+	}
+	return nil
+}
+
+// waitRemote waits for the Remote commit in flight, if any, and returns
+// its error.
+func (b *Batcher) waitRemote() error {
+	if b.remoteDone == nil {
+		return nil
+	}
+	err := <-b.remoteDone
+	b.remoteDone = nil
+	return err
 }
 
 func (b *Batcher) nextCheckpoint(next connector.Cursor, mark connector.Mark, fsize int64, done bool, snap *checkpoint.Snapshot, part *checkpoint.Partial) checkpoint.Checkpoint {

@@ -13,11 +13,11 @@ import (
 	"github.com/memvisor/memvisor/pkg/checkpoint"
 )
 
-// Remote is where a fleet job records every commit before its state
-// directory does (see docs/design.md, "Growing past one host"): the
-// failure records written since the last commit, then the checkpoint. It
-// refuses both once the job's lease is lost, and the job stops with the
-// local checkpoint where it was.
+// Remote is where a fleet job records every commit (see docs/design.md,
+// "Growing past one host"): the failure records written since the last
+// commit, then the checkpoint, once its target writes are durable. It
+// refuses both once the job's lease is lost, and the job stops at its
+// next commit.
 type Remote interface {
 	// AppendFailures records failure-log lines after the first after
 	// records, dropping any beyond after first.
