@@ -342,9 +342,10 @@ func (a *superviseAdapter) abort() { a.s.Abort() }
 // fleetRunEnded handles the ends of a claimed run that are not the job's
 // outcome, and reports whether it did: a lost lease (the job belongs to the
 // node that takes it next; this node records nothing), or a job whose
-// state directory another node's supervisor still holds (a node that was
-// paused past its lease and has not stopped yet): the claim is given back
-// and the job is claimed again later.
+// state directory a supervisor still holds (an earlier run of this node,
+// or of another node when state_dir is shared, that lost its lease and has
+// not stopped yet): the claim is given back and the job is claimed again
+// later.
 func (m *Manager) fleetRunEnded(aj *activeJob, runErr error) bool {
 	lost := aj.lost.Load() || aj.claim.Job.Fence() != nil
 	locked := errors.Is(runErr, supervise.ErrJobLocked)
@@ -352,7 +353,7 @@ func (m *Manager) fleetRunEnded(aj *activeJob, runErr error) bool {
 		return false
 	}
 	if locked {
-		aj.log.Warn().Err(runErr).Msg("another node's supervisor still holds the job; giving the claim back")
+		aj.log.Warn().Err(runErr).Msg("an earlier supervisor still holds the job's state directory; giving the claim back")
 		if aj.claim.Fence() == nil {
 			// Nothing ran: the run fleetStarted counted is taken back.
 			_, _ = m.reg.Update(bg, aj.id, func(r *registry.Record) error {
