@@ -135,6 +135,8 @@ type Batcher struct {
 	fenced atomic.Pointer[error]
 	// remoteDone gets the result of the Remote commit in flight.
 	remoteDone chan error
+	// lastSnap is when the loop last saved a cache snapshot, or started.
+	lastSnap time.Time
 	cp         checkpoint.Checkpoint
 	dry        *dryRun
 	dryNext    int64
@@ -536,6 +538,7 @@ func (b *Batcher) loadSnapshot(s *checkpoint.Snapshot) (*slimcache.Cache, *slimc
 // the others (docs/design.md, "Graceful restart protocol").
 func (b *Batcher) loop(ctx context.Context) (Result, error) {
 	b.setPhase("running")
+	b.lastSnap = b.now()
 	cur := b.cp.Source
 	page := b.readAhead(ctx, cur, b.cp.Partial)
 	for {
@@ -558,7 +561,7 @@ func (b *Batcher) loop(ctx context.Context) (Result, error) {
 			return b.stopWith(b.stopRequested(), r.part)
 		}
 		page = b.readAhead(ctx, r.next, nil)
-		if err := b.commit(ctx, r.next, false, nil, nil); err != nil {
+		if err := b.commit(ctx, r.next, false, b.periodicSnapshot(), nil); err != nil {
 			<-page
 			return Result{}, err
 		}
@@ -636,7 +639,7 @@ func (b *Batcher) stopWith(s Status, part *checkpoint.Partial) (Result, error) {
 	var snap *checkpoint.Snapshot
 	if s == StatusDrained {
 		var err error
-		if snap, err = b.writeSnapshot(); err != nil {
+		if snap, err = b.writeSnapshot(b.cp.Seq); err != nil {
 			// The checkpoint is still good without a snapshot; the next
 			// runner prefetches instead.
 			b.log.Warn().Err(err).Msg("write cache snapshot")
@@ -657,12 +660,32 @@ func (b *Batcher) stopWith(s Status, part *checkpoint.Partial) (Result, error) {
 	return Result{Status: s, Checkpoint: b.cp}, nil
 }
 
+// periodicSnapshot saves the cache for the commit about to be made once
+// snapshot_interval has passed since the last one, so that a runner that
+// is killed, not drained, restores its cache too. It returns nil when it
+// is not time, or when the save fails: the older snapshot stays valid.
+// It is named for the commit's number, so it never replaces the file the
+// committed checkpoint names.
+func (b *Batcher) periodicSnapshot() *checkpoint.Snapshot {
+	iv := b.o.Spec.SnapshotInterval.D()
+	if iv <= 0 || b.now().Sub(b.lastSnap) < iv {
+		return nil
+	}
+	b.lastSnap = b.now()
+	snap, err := b.writeSnapshot(b.cp.Seq + 1)
+	if err != nil {
+		b.log.Warn().Err(err).Msg("write cache snapshot; the last one stays in use")
+		return nil
+	}
+	return snap
+}
+
 // writeSnapshot saves the cache. It runs when no write is in flight, so
 // the target's sync and the two files, each with its own fsyncs, run side
 // by side: a drain's latency is one write and about two commits, not
 // five fsyncs in a row.
-func (b *Batcher) writeSnapshot() (*checkpoint.Snapshot, error) {
-	main, ext := SnapshotFiles(b.o.Dir, snapshotFile(b.cp.Seq))
+func (b *Batcher) writeSnapshot(seq int64) (*checkpoint.Snapshot, error) {
+	main, ext := SnapshotFiles(b.o.Dir, snapshotFile(seq))
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var (

@@ -1,6 +1,7 @@
 package batcher_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/rs/zerolog"
 
 	"github.com/memvisor/memvisor/pkg/batcher"
 	"github.com/memvisor/memvisor/pkg/checkpoint"
@@ -249,5 +252,61 @@ func TestSpecHashIgnoresQuotaShare(t *testing.T) {
 	other.Target.Podio = &q
 	if batcher.SpecHash(other) == base {
 		t.Error("another target app has the same spec hash")
+	}
+}
+
+// TestPeriodicSnapshotServesAKilledRunner: with snapshot_interval, the
+// commits of a run that is then killed (not drained) name a cache
+// snapshot, and the next run restores it instead of reading the whole
+// target, and still writes every item exactly once. Without it, the killed
+// run's checkpoint names none.
+func TestPeriodicSnapshotServesAKilledRunner(t *testing.T) {
+	var src strings.Builder
+	for i := 1; i <= 100; i++ {
+		src.WriteString(line(i, fmt.Sprintf("u%d@x.io", i), ""))
+	}
+	for _, every := range []job.Duration{0, 1} {
+		f := newFixture(t, src.String())
+		f.spec.SnapshotInterval = every // 1 ns: at every commit
+		f.spec.Concurrency = 1
+		ctx, cancel := context.WithCancel(t.Context())
+		_, err := f.run(ctx, func(o *batcher.Options) {
+			k := &killingTarget{Target: o.Target, cancel: cancel}
+			k.left.Store(40)
+			o.Target = k
+		})
+		cancel()
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("interval %d: the killed run: %v", every, err)
+		}
+		cp, err := checkpoint.Load(f.spec.Dir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if every == 0 {
+			if cp.Snapshot != nil {
+				t.Errorf("no interval: the killed run's checkpoint names snapshot %s", cp.Snapshot.File)
+			}
+			continue
+		}
+		if cp.Snapshot == nil {
+			t.Fatal("the killed run's checkpoint names no snapshot")
+		}
+		main, _ := batcher.SnapshotFiles(f.spec.Dir(), cp.Snapshot.File)
+		if _, err := os.Stat(main); err != nil {
+			t.Fatalf("the named snapshot: %v", err)
+		}
+		if snaps, _ := filepath.Glob(filepath.Join(f.spec.Dir(), "cache-*.ext.snap")); len(snaps) != 1 {
+			t.Errorf("snapshot files left: %v, want only the named one", snaps)
+		}
+		var logs bytes.Buffer
+		res, err := f.run(t.Context(), func(o *batcher.Options) { o.Logger = zerolog.New(&logs) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(logs.String(), "Cache restored from snapshot") {
+			t.Errorf("the resumed run did not restore the snapshot:\n%s", logs.String())
+		}
+		checkExactlyOnce(t, f, res, 100, 100, 0)
 	}
 }
