@@ -16,6 +16,7 @@ export interface JobSpec {
   max_items?: number;
   dry_run?: boolean;
   field_mapping?: Record<string, string>;
+  snapshot_interval?: string;
   memory?: Record<string, unknown>;
   log?: { mask_values?: boolean };
 }
