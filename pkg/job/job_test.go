@@ -63,6 +63,8 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"synthetic target", strings.Replace(valid, "target: {type: jsonl, path: target.jsonl}", "target: {type: synthetic, count: 3}", 1), []string{"target.type"}},
 		{"keys of another type", strings.Replace(valid, "{type: jsonl, path: source.jsonl}", "{type: jsonl, path: s, count: 3}", 1), []string{"apply only to a synthetic source"}},
 		{"repeated key", valid + "batch_size: 10\n", []string{"batch_size"}},
+		{"snapshot interval too short", valid + "snapshot_interval: 500ms\n", []string{"snapshot_interval", "at least 1s"}},
+		{"negative snapshot interval", valid + "snapshot_interval: -1m\n", []string{"snapshot_interval"}},
 		{"update without match", strings.NewReplacer("mode: create", "mode: update", "match: {source_field: email, target_field: email}", "match: {}").Replace(valid), []string{"match.source_field"}},
 	}
 	for _, c := range cases {
