@@ -165,6 +165,10 @@ func readTarget(spec job.Spec, rep *Report, keys, emptyIDs map[string]int8) erro
 	r := bufio.NewReaderSize(f, 1<<20)
 	for lineNo := 1; ; lineNo++ {
 		line, err := r.ReadBytes('\n')
+		if lineNo == 1 && string(line) == jsonl.TargetMarker {
+			// A target the service created starts with its marker.
+			continue
+		}
 		if len(line) > 0 {
 			if line[len(line)-1] != '\n' {
 				rep.problem("target line %d is torn", lineNo)

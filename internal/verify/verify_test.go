@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/memvisor/memvisor/internal/verify"
+	"github.com/memvisor/memvisor/pkg/connector/jsonl"
 	"github.com/memvisor/memvisor/pkg/job"
 )
 
@@ -56,6 +57,8 @@ func TestVerdicts(t *testing.T) {
 		{"unexpected", good + `{"item_id":9,"external_id":"9","fields":{"email":"z@x.io"}}` + "\n", failedOK, false, 0, 0, 1, 0},
 		{"malformed line not reported", good, "", false, 0, 0, 0, 1},
 		{"update line keeps the item", good + `{"item_id":1,"fields":{"email":"a@x.io","n":2}}` + "\n", failedOK, true, 0, 0, 0, 0},
+		{"a service target's marker line", jsonl.TargetMarker + good, failedOK, true, 0, 0, 0, 0},
+		{"a marker line not first", good + jsonl.TargetMarker, failedOK, false, 0, 0, 1, 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
