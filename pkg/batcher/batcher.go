@@ -137,9 +137,9 @@ type Batcher struct {
 	remoteDone chan error
 	// lastSnap is when the loop last saved a cache snapshot, or started.
 	lastSnap time.Time
-	cp         checkpoint.Checkpoint
-	dry        *dryRun
-	dryNext    int64
+	cp       checkpoint.Checkpoint
+	dry      *dryRun
+	dryNext  int64
 }
 
 // New checks the options and returns a Batcher.

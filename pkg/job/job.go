@@ -68,8 +68,8 @@ type Spec struct {
 	// target. 0: only drains save it.
 	SnapshotInterval Duration `json:"snapshot_interval"`
 	Memory           Memory   `json:"memory"`
-	Log          Log               `json:"log"`
-	Inject       Inject            `json:"inject"`
+	Log              Log      `json:"log"`
+	Inject           Inject   `json:"inject"`
 }
 
 // Match names the field that identifies the same item on both sides.
