@@ -773,3 +773,46 @@ func TestFleetFailedItemsFollowTheJob(t *testing.T) {
 		t.Errorf("final stop: %v", err)
 	}
 }
+
+// TestFleetKilledNodesSnapshotMoves: with snapshot_interval, node a stores
+// a cache snapshot in PostgreSQL while it runs the job, with no drain;
+// a's serve and runner are then SIGKILLed, and node b, with a state dir of
+// its own, restores that snapshot instead of reading the whole target,
+// and completes the job with every item exactly once.
+func TestFleetKilledNodesSnapshotMoves(t *testing.T) {
+	db := pgtest.Start(t).NewDatabase(t)
+	shared := t.TempDir()
+	target := filepath.Join(shared, "target.jsonl")
+	const count = 8000
+	spec := fleetJob("snap", target, count, 9)
+	spec["snapshot_interval"] = "1s"
+	a := startNode(t, db, shared, "node-a")
+	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
+		t.Fatalf("create on a: %d %s", code, body)
+	}
+	b := startNode(t, db, shared, "node-b")
+	stored := func() bool { return strings.Contains(a.stderr.String(), "cache snapshot stored in the fleet") }
+	for deadline := time.Now().Add(90 * time.Second); !stored(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node a stored no snapshot within 90s:\n%s", a.stderr.String())
+		}
+	}
+	if v := b.fleetGet("snap"); v.Status != "running" || v.Node != "node-a" {
+		t.Fatalf("on b: %+v, want running on node-a", v)
+	}
+	_ = syscall.Kill(-runnerPID(t, nodeState(shared, "node-a"), "snap"), syscall.SIGKILL)
+	if err := a.stop(syscall.SIGKILL, 10*time.Second); err == nil {
+		t.Fatal("SIGKILL: node a exited cleanly")
+	}
+	v := b.fleetWait("snap", 180*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
+		t.Fatalf("after node a was killed: %+v, want completed in 2 runs\n%s", v, b.stderr.String())
+	}
+	if !strings.Contains(b.stderr.String(), "Cache restored from snapshot") {
+		t.Errorf("node b did not restore node a's snapshot:\n%s", b.stderr.String())
+	}
+	exactlyOnce(t, target, count)
+	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+		t.Errorf("final stop: %v", err)
+	}
+}
