@@ -76,6 +76,30 @@ func (p *proc) fleetWait(id string, timeout time.Duration, cond func(fleetView) 
 	}
 }
 
+// create posts spec to p and fails the test unless p accepts it (201).
+func (p *proc) create(spec map[string]any) {
+	p.t.Helper()
+	if code, body := p.do("POST", "/v1/jobs", spec); code != 201 {
+		p.t.Fatalf("create %v on %s: %d %s", spec["id"], p.base, code, body)
+	}
+}
+
+// fleetEnded waits, on p, until job id is neither running nor queued.
+func (p *proc) fleetEnded(id string, timeout time.Duration) fleetView {
+	p.t.Helper()
+	return p.fleetWait(id, timeout, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+}
+
+// stopNodes stops each node with SIGTERM, as at the end of a test.
+func stopNodes(t testing.TB, nodes ...*proc) {
+	t.Helper()
+	for _, p := range nodes {
+		if err := p.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+			t.Errorf("final stop: %v", err)
+		}
+	}
+}
+
 // runnerPID reads the pid of a job's runner from its state dir.
 func runnerPID(t testing.TB, state, id string) int {
 	t.Helper()
@@ -178,9 +202,7 @@ func BenchmarkFleetJobsPerSecond(b *testing.B) {
 				"batch_size": 100,
 				"memory":     map[string]any{"limit": "256MiB"},
 			}
-			if code, body := nodes[i%n].do("POST", "/v1/jobs", spec); code != 201 {
-				b.Fatalf("create: %d %s", code, body)
-			}
+			nodes[i%n].create(spec)
 		}
 		for i := range jobs {
 			v := nodes[0].fleetWait(fmt.Sprintf("small-%d", i), 300*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
@@ -193,11 +215,7 @@ func BenchmarkFleetJobsPerSecond(b *testing.B) {
 			name = fmt.Sprintf("fleet_jobs_per_s_%d_nodes", n)
 		}
 		benchfmt.Report(b, name, float64(jobs)/time.Since(start).Seconds(), "jobs/s")
-		for _, p := range nodes {
-			if err := p.stop(syscall.SIGTERM, 30*time.Second); err != nil {
-				b.Errorf("stop: %v", err)
-			}
-		}
+		stopNodes(b, nodes...)
 	}
 }
 
@@ -228,10 +246,8 @@ func BenchmarkFleetCommitCost(b *testing.B) {
 			"memory":     map[string]any{"limit": "512MiB"},
 		}
 		start := time.Now()
-		if code, body := p.do("POST", "/v1/jobs", spec); code != 201 {
-			b.Fatalf("create: %d %s", code, body)
-		}
-		v := p.fleetWait(id, 600*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+		p.create(spec)
+		v := p.fleetEnded(id, 600*time.Second)
 		if v.Status != "completed" || v.Progress.Processed != count {
 			b.Fatalf("job %s: %+v", id, v)
 		}
@@ -273,9 +289,7 @@ func failover(t testing.TB, ttl string, n int) time.Duration {
 	for _, name := range names {
 		nodes[name] = startNodeTTL(t, db, shared, name, ttl)
 		if name == "node-a" {
-			if code, body := nodes[name].do("POST", "/v1/jobs", spec); code != 201 {
-				t.Fatalf("create on a: %d %s", code, body)
-			}
+			nodes[name].create(spec)
 		}
 	}
 
@@ -327,7 +341,7 @@ func failover(t testing.TB, ttl string, n int) time.Duration {
 			benchfmt.Report(b, "fleet_node_rss_mb", mb, "MB")
 		}
 	}
-	v = survivor.fleetWait("fleet", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	v = survivor.fleetEnded("fleet", 120*time.Second)
 	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
 		t.Fatalf("after the failover: %+v, want completed, %d processed, in 2 runs", v, count)
 	}
@@ -355,9 +369,7 @@ func TestFleetStoppedNodeDoesNotWriteAfterWaking(t *testing.T) {
 	const count = 4000
 	spec := fleetJob("paused-node", target, count, 6)
 	a := startNode(t, db, shared, "node-a")
-	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
-		t.Fatalf("create on a: %d %s", code, body)
-	}
+	a.create(spec)
 	v := a.fleetWait("paused-node", 60*time.Second, func(v fleetView) bool {
 		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 300)
 	})
@@ -388,7 +400,7 @@ func TestFleetStoppedNodeDoesNotWriteAfterWaking(t *testing.T) {
 
 	b := startNode(t, db, shared, "node-b")
 	_ = syscall.Kill(serve, syscall.SIGCONT)
-	v = b.fleetWait("paused-node", 180*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	v = b.fleetEnded("paused-node", 180*time.Second)
 	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
 		t.Fatalf("after node a woke: %+v, want completed with %d processed in 2 runs\nnode a:\n%s", v, count, a.stderr.String())
 	}
@@ -396,11 +408,7 @@ func TestFleetStoppedNodeDoesNotWriteAfterWaking(t *testing.T) {
 		t.Errorf("node a did not report its lost lease:\n%s", a.stderr.String())
 	}
 	exactlyOnce(t, target, count)
-	for _, p := range []*proc{a, b} {
-		if err := p.stop(syscall.SIGTERM, 30*time.Second); err != nil {
-			t.Errorf("final stop: %v", err)
-		}
-	}
+	stopNodes(t, a, b)
 }
 
 // sseCount reads a job's event stream on p until it has seen want[kind]
@@ -477,9 +485,7 @@ func TestFleetRelaysRequestsAndEvents(t *testing.T) {
 	shared := t.TempDir()
 	spec := fleetJob("relay", filepath.Join(shared, "target.jsonl"), 20000, 7)
 	nodes := map[string]*proc{"node-a": startNode(t, db, shared, "node-a")}
-	if code, body := nodes["node-a"].do("POST", "/v1/jobs", spec); code != 201 {
-		t.Fatalf("create on a: %d %s", code, body)
-	}
+	nodes["node-a"].create(spec)
 	nodes["node-b"] = startNode(t, db, shared, "node-b")
 	other := func(node string) *proc {
 		if node == "node-a" {
@@ -588,9 +594,7 @@ func TestFleetFailoverPodioTarget(t *testing.T) {
 		"inject":     map[string]any{"slow_batch": "40ms"},
 	}
 	a := startSupervisor(t, nodeState(shared, "node-a"), extra+"node_id: node-a\n", env...)
-	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
-		t.Fatalf("create on a: %d %s", code, body)
-	}
+	a.create(spec)
 	b := startSupervisor(t, nodeState(shared, "node-b"), extra+"node_id: node-b\n", env...)
 	v := b.fleetWait("podio", 60*time.Second, func(v fleetView) bool {
 		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 200)
@@ -602,7 +606,7 @@ func TestFleetFailoverPodioTarget(t *testing.T) {
 	if err := a.stop(syscall.SIGKILL, 10*time.Second); err == nil {
 		t.Fatal("SIGKILL: node a exited cleanly")
 	}
-	v = b.fleetWait("podio", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	v = b.fleetEnded("podio", 120*time.Second)
 	if v.Status != "completed" || v.Runs != 2 {
 		t.Fatalf("after the failover: %+v, want completed in 2 runs\n%s", v, b.stderr.String())
 	}
@@ -634,9 +638,7 @@ func TestFleetFailoverPodioTarget(t *testing.T) {
 	if len(seen) != count || dups != 0 {
 		t.Errorf("target app holds %d distinct items (%d duplicated), want %d exactly once", len(seen), dups, count)
 	}
-	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
-		t.Errorf("final stop: %v", err)
-	}
+	stopNodes(t, b)
 }
 
 // TestFleetDrainHandsJobOver stops the node running a job with SIGTERM, as
@@ -651,9 +653,7 @@ func TestFleetDrainHandsJobOver(t *testing.T) {
 	spec := fleetJob("drain", target, count, 8)
 	// A long lease: a handover that waited it out would show.
 	a := startNodeTTL(t, db, shared, "node-a", "10m")
-	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
-		t.Fatalf("create on a: %d %s", code, body)
-	}
+	a.create(spec)
 	b := startNodeTTL(t, db, shared, "node-b", "10m")
 	v := b.fleetWait("drain", 60*time.Second, func(v fleetView) bool {
 		return v.Status != "queued" && (v.Status != "running" || v.Progress.Processed >= 300)
@@ -664,7 +664,7 @@ func TestFleetDrainHandsJobOver(t *testing.T) {
 	if err := a.stop(syscall.SIGTERM, 60*time.Second); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
-	v = b.fleetWait("drain", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	v = b.fleetEnded("drain", 120*time.Second)
 	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
 		t.Fatalf("after a drained: %+v, want completed in 2 runs", v)
 	}
@@ -678,9 +678,7 @@ func TestFleetDrainHandsJobOver(t *testing.T) {
 	if !strings.Contains(b.stderr.String(), "Cache restored from snapshot") {
 		t.Errorf("node b did not restore a's snapshot:\n%s", b.stderr.String())
 	}
-	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
-		t.Errorf("final stop: %v", err)
-	}
+	stopNodes(t, b)
 }
 
 // TestFleetFailedItemsFollowTheJob: a job with bad records completes on
@@ -717,10 +715,8 @@ func TestFleetFailedItemsFollowTheJob(t *testing.T) {
 		"batch_size": 50,
 		"memory":     map[string]any{"limit": "256MiB"},
 	}
-	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
-		t.Fatalf("create on a: %d %s", code, body)
-	}
-	v := a.fleetWait("bad", 120*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	a.create(spec)
+	v := a.fleetEnded("bad", 120*time.Second)
 	if v.Status != "completed" || v.Node != "" {
 		t.Fatalf("on a: %+v, want completed", v)
 	}
@@ -769,9 +765,7 @@ func TestFleetFailedItemsFollowTheJob(t *testing.T) {
 	if code != 200 || !strings.Contains(string(body), `"items":[]`) {
 		t.Errorf("failed items after the retry: %d %s, want none", code, body)
 	}
-	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
-		t.Errorf("final stop: %v", err)
-	}
+	stopNodes(t, b)
 }
 
 // TestFleetKilledNodesSnapshotMoves: with snapshot_interval, node a stores
@@ -787,9 +781,7 @@ func TestFleetKilledNodesSnapshotMoves(t *testing.T) {
 	spec := fleetJob("snap", target, count, 9)
 	spec["snapshot_interval"] = "1s"
 	a := startNode(t, db, shared, "node-a")
-	if code, body := a.do("POST", "/v1/jobs", spec); code != 201 {
-		t.Fatalf("create on a: %d %s", code, body)
-	}
+	a.create(spec)
 	b := startNode(t, db, shared, "node-b")
 	stored := func() bool { return strings.Contains(a.stderr.String(), "cache snapshot stored in the fleet") }
 	for deadline := time.Now().Add(90 * time.Second); !stored(); time.Sleep(100 * time.Millisecond) {
@@ -804,7 +796,7 @@ func TestFleetKilledNodesSnapshotMoves(t *testing.T) {
 	if err := a.stop(syscall.SIGKILL, 10*time.Second); err == nil {
 		t.Fatal("SIGKILL: node a exited cleanly")
 	}
-	v := b.fleetWait("snap", 180*time.Second, func(v fleetView) bool { return v.Status != "running" && v.Status != "queued" })
+	v := b.fleetEnded("snap", 180*time.Second)
 	if v.Status != "completed" || v.Progress.Processed != count || v.Runs != 2 {
 		t.Fatalf("after node a was killed: %+v, want completed in 2 runs\n%s", v, b.stderr.String())
 	}
@@ -812,7 +804,5 @@ func TestFleetKilledNodesSnapshotMoves(t *testing.T) {
 		t.Errorf("node b did not restore node a's snapshot:\n%s", b.stderr.String())
 	}
 	exactlyOnce(t, target, count)
-	if err := b.stop(syscall.SIGTERM, 30*time.Second); err != nil {
-		t.Errorf("final stop: %v", err)
-	}
+	stopNodes(t, b)
 }
