@@ -88,15 +88,8 @@ func withQuotaShares(spec job.Spec, shares int) job.Spec {
 	ends := []*job.Endpoint{&spec.Source, &spec.Target}
 	keys := make([]string, len(ends))
 	for i, e := range ends {
-		if e.Type != job.TypePodio || e.Podio == nil {
-			continue
-		}
-		api := e.APIURL
-		if api == "" {
-			api = job.DefaultPodioAPIURL
-		}
-		clientID, principal, _ := podioPrincipal(*e.Podio)
-		keys[i] = postgres.QuotaKey(api, clientID, principal)
+		// podioPrincipal never fails; Claim computed these keys already.
+		keys[i], _ = postgres.EndpointQuotaKey(*e, podioPrincipal)
 	}
 	for i, e := range ends {
 		if keys[i] == "" {

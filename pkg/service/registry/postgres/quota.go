@@ -32,6 +32,23 @@ func QuotaKey(apiURL, clientID, principal string) string {
 // stored.
 type PrincipalFunc func(p job.Podio) (clientID, principal string, err error)
 
+// EndpointQuotaKey returns the quota key of a job's endpoint, or "" when
+// it is not a Podio endpoint.
+func EndpointQuotaKey(e job.Endpoint, resolve PrincipalFunc) (string, error) {
+	if e.Type != job.TypePodio || e.Podio == nil {
+		return "", nil
+	}
+	api := e.APIURL
+	if api == "" {
+		api = job.DefaultPodioAPIURL
+	}
+	clientID, principal, err := resolve(*e.Podio)
+	if err != nil {
+		return "", fmt.Errorf("podio credentials: %w", err)
+	}
+	return QuotaKey(api, clientID, principal), nil
+}
+
 // PodioQuotaKeys returns an Options.QuotaKeys that reads a job's spec and
 // gives a quota key for each of its Podio endpoints, source and target.
 func PodioQuotaKeys(resolve PrincipalFunc) func(registry.Record) ([]string, error) {
@@ -45,18 +62,13 @@ func PodioQuotaKeys(resolve PrincipalFunc) func(registry.Record) ([]string, erro
 			name string
 			e    job.Endpoint
 		}{{"source", spec.Source}, {"target", spec.Target}} {
-			if side.e.Type != "podio" || side.e.Podio == nil {
-				continue
-			}
-			api := side.e.APIURL
-			if api == "" {
-				api = job.DefaultPodioAPIURL
-			}
-			clientID, principal, err := resolve(*side.e.Podio)
+			key, err := EndpointQuotaKey(side.e, resolve)
 			if err != nil {
-				return nil, fmt.Errorf("%s: podio credentials: %w", side.name, err)
+				return nil, fmt.Errorf("%s: %w", side.name, err)
 			}
-			keys = append(keys, QuotaKey(api, clientID, principal))
+			if key != "" {
+				keys = append(keys, key)
+			}
 		}
 		return keys, nil
 	}
